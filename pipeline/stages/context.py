@@ -1,0 +1,79 @@
+"""What every stage gets: the artifact, the recipe, and lazily loaded shared inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..artifacts import Artifact
+from ..data import calibration_windows, load_corpus, resolve_data_dir
+from ..models.loading import LoadedModel, load_model
+from ..recipe import Recipe
+
+
+@dataclass
+class StageContext:
+    artifact: Artifact
+    recipe: Recipe
+    progress: bool = True
+    _source: LoadedModel | None = field(default=None, repr=False)
+    _calibration: tuple[torch.Tensor, dict[str, Any]] | None = field(default=None, repr=False)
+
+    def say(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    @property
+    def data_dir(self) -> Path | None:
+        return resolve_data_dir(self.recipe.data.data_dir)
+
+    def source(self) -> LoadedModel:
+        """The dense source model (loaded once per run)."""
+        if self._source is None:
+            section = self.recipe.model
+            self._source = load_model(section.source, dtype=section.dtype, device=section.device)
+        return self._source
+
+    def calibration(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Seeded calibration windows [n, L] from the calibration split, and their provenance."""
+        if self._calibration is None:
+            data = self.recipe.data
+            corpus = load_corpus(data.calibration, "calibration", self.data_dir)
+            windows = calibration_windows(self.source().tokenizer, corpus, data.calib_samples, data.calib_seqlen,
+                                          self.recipe.seed)
+            provenance = {**corpus.provenance(), "samples": data.calib_samples, "seqlen": data.calib_seqlen,
+                          "seed": self.recipe.seed}
+            self._calibration = (windows, provenance)
+        return self._calibration
+
+    def calibration_options(self) -> dict[str, Any]:
+        """What the calibration data depends on, for a stage's recorded options (resume checks)."""
+        data = self.recipe.data
+        corpus = load_corpus(data.calibration, "calibration", self.data_dir)
+        return {"corpus": corpus.name, "sha256": corpus.sha256, "samples": data.calib_samples,
+                "seqlen": data.calib_seqlen, "seed": self.recipe.seed}
+
+    def model_options(self) -> dict[str, Any]:
+        source = self.artifact.manifest.source
+        return {"source": self.recipe.model.source, "sha256": source.sha256, "revision": source.revision,
+                "dtype": self.recipe.model.dtype}
+
+    def resume_dir(self, stage: str) -> Path:
+        """A directory that survives an interrupted stage, for its checkpoints (see `drop_resume_dir`)."""
+        path = self.artifact.path / RESUME_DIR / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def drop_resume_dir(self, stage: str) -> None:
+        """Remove a stage's checkpoints once its result is recorded."""
+        shutil.rmtree(self.artifact.path / RESUME_DIR / stage, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.artifact.path / RESUME_DIR).rmdir()  # only when no other stage keeps checkpoints
+
+
+RESUME_DIR = ".resume"

@@ -1,0 +1,57 @@
+"""search: pick the architecture (an ArchSpec with keep-indices) with the recipe's method.
+
+Writes `search/arch.json` and, for methods that fit new weights (e.g. a trained
+replacement), `search/weights.safetensors`.
+"""
+
+from __future__ import annotations
+
+from safetensors.torch import save_file
+
+from ..compress import MethodContext, get_method, parse_options
+from ..models.adapters import adapter_for
+from ..models.spec import decoder_parameters, decoder_ratio, dense_decoder_parameters, total_parameters
+from .context import StageContext
+
+NAME = "search"
+
+
+def options(ctx: StageContext) -> dict:
+    search = ctx.recipe.search
+    return {"method": search.method, "ratio": search.ratio, "method_options": search.options,
+            "model": ctx.model_options(), "calibration": ctx.calibration_options()}
+
+
+def inputs(ctx: StageContext) -> list[str]:
+    return []
+
+
+def run(ctx: StageContext) -> None:
+    search = ctx.recipe.search
+    method = get_method(search.method)
+    method_options = parse_options(method, search.options)
+    with ctx.artifact.stage(NAME, options=options(ctx)) as st:
+        loaded = ctx.source()
+        adapter = adapter_for(loaded.model.config)
+        windows, provenance = ctx.calibration()
+        method_ctx = MethodContext(
+            model=loaded.model, tokenizer=loaded.tokenizer, adapter=adapter, base=adapter.dims(loaded.model.config),
+            calibration=windows, seed=ctx.recipe.seed, progress=ctx.progress, out_dir=st.dir,
+            state_dir=ctx.resume_dir(NAME), batch_size=ctx.recipe.data.batch_size,
+        )
+        result = method.run(method_ctx, search.ratio, method_options)
+        spec = result.spec.validate()
+        (st.dir / "arch.json").write_text(spec.to_json() + "\n")
+        if result.weights:
+            save_file({k: v.contiguous() for k, v in result.weights.items()}, st.dir / "weights.safetensors")
+        st.metrics.update(
+            decoder_ratio=round(decoder_ratio(spec), 6),
+            decoder_params=decoder_parameters(spec),
+            dense_decoder_params=dense_decoder_parameters(spec.base),
+            total_params=total_parameters(spec),
+            layers=len(spec.layers),
+            removed_layers=spec.removed_layers,
+            calibration=provenance,
+            **result.metrics,
+        )
+    ctx.drop_resume_dir(NAME)

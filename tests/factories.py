@@ -1,0 +1,69 @@
+"""Seeded tiny random models of every supported family, for unit tests (seconds, no downloads)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def tiny_config(model_type: str = "llama", **overrides):
+    """A tiny random config: hidden 48, 6 query heads in 2 GQA groups, head_dim 8, 4 layers."""
+    from transformers import AutoConfig
+
+    values = dict(
+        vocab_size=128,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        tie_word_embeddings=model_type != "mistral",
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    values.update(overrides)
+    return AutoConfig.for_model(model_type, **values)
+
+
+def tiny_model(model_type: str = "llama", seed: int = 0, **overrides):
+    """A seeded tiny model whose norms and biases are random too (so slicing mistakes show)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                param.normal_(0, 0.1)
+    return model
+
+
+def char_tokenizer():
+    """A character-level tokenizer of printable ASCII (101 ids, fits the tiny vocab of 128)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2}
+    for char in sorted(set(string.printable)):
+        vocab.setdefault(char, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", bos_token="<s>", eos_token="</s>",
+                                   pad_token="[UNK]")
+
+
+def tiny_checkpoint(directory: Path, model_type: str = "llama", seed: int = 0, **overrides) -> Path:
+    """A tiny model saved with its tokenizer, as `--model DIR` takes it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tiny_model(model_type, seed, **overrides).save_pretrained(directory)
+    char_tokenizer().save_pretrained(directory)
+    return directory

@@ -1,0 +1,95 @@
+"""The `sculpt` CLI end to end on a tiny model, and its one-line errors for bad input."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from tests.factories import tiny_checkpoint
+
+CORPUS = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}." for i in range(400))
+
+
+def sculpt(*args, env=None):
+    result = CliRunner().invoke(cli, list(args), env={"SCULPT_DATA_DIR": None, **(env or {})},
+                                catch_exceptions=False)
+    return result
+
+
+@pytest.fixture()
+def tiny_run(tmp_path):
+    model = tiny_checkpoint(tmp_path / "model")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS)
+    args = ["run", "--model", str(model), "--calib-corpus", str(corpus), "--eval-corpus", str(corpus),
+            "--calib-samples", "4", "--calib-seqlen", "32", "--seq-len", "64", "--max-windows", "2",
+            "--ratio", "0.6", "--out", str(tmp_path / "artifacts"), "--quiet"]
+    return tmp_path, args
+
+
+def test_run_produces_a_verified_artifact_with_a_before_after_table(tiny_run):
+    tmp_path, args = tiny_run
+    result = sculpt(*args)
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output and "parameters" in result.output
+    version = tmp_path / "artifacts" / "v0001"
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["search", "reform", "slice", "validate"]
+    assert manifest["stages"][-1]["metrics"]["params"] < manifest["stages"][-1]["metrics"]["params_source"]
+    assert sculpt("verify", str(version)).exit_code == 0
+    assert "search" in sculpt("inspect", str(version)).output
+
+
+def test_running_the_same_recipe_again_resumes_without_redoing_stages(tiny_run):
+    tmp_path, args = tiny_run
+    sculpt(*args)
+    again = sculpt(*args)
+    assert again.exit_code == 0
+    assert again.output.count("up to date") == 3  # search, slice, validate (reform re-records its skip)
+    assert not (tmp_path / "artifacts" / "v0002").exists()
+
+
+def test_verify_fails_on_a_tampered_file(tiny_run):
+    tmp_path, args = tiny_run
+    sculpt(*args)
+    arch = tmp_path / "artifacts" / "v0001" / "search" / "arch.json"
+    arch.write_text(arch.read_text().replace("uniform", "uniforn"))
+    result = sculpt("verify", str(arch.parent.parent))
+    assert result.exit_code == 1 and "search/arch.json" in result.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--model", "/no/such/model"], "not found"),
+    (["run", "--ratio", "1.5"], "search.ratio"),
+    (["run", "--ratio", "0"], "search.ratio"),
+    (["run", "--data-dir", "/no/such/dir"], "does not exist"),
+    (["run", "--method", "nonsense", "--model", "{model}"], "unknown method"),
+    (["inspect", "/no/such/artifact"], "not a directory"),
+    (["verify", "{tmp}"], "manifest"),
+])
+def test_bad_input_is_one_line_naming_the_fix(tmp_path, args, words):
+    model = tiny_checkpoint(tmp_path / "m")
+    args = [a.format(model=model, tmp=tmp_path) for a in args]
+    result = sculpt(*args, "--out", str(tmp_path / "a")) if args[0] == "run" else sculpt(*args)
+    assert result.exit_code == 1
+    assert words in result.output
+    assert "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0, result.output
+
+
+def test_unsupported_family_is_named(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
+    result = sculpt("run", "--model", str(tmp_path / "gpt2"), "--out", str(tmp_path / "a"), "--quiet",
+                    "--calib-corpus", "pydoc", "--eval-corpus", "pydoc")
+    assert result.exit_code == 1 and "'gpt2' is not supported" in result.output
+
+
+def test_help_teaches_the_pipeline():
+    output = sculpt("--help").output
+    for word in ("search", "reform", "slice", "validate", "sculpt run"):
+        assert word in output
+    assert "--ratio" in sculpt("run", "--help").output
+    assert "uniform" in sculpt("methods").output
