@@ -109,8 +109,6 @@ def load_model(ref: str | None = None, dtype: str = "float32", device: str = "cp
         raise SculptError(f"cannot read the model config in {directory}: {err}") from None
     if config.model_type != "sculpted":
         adapter_for(config)  # a clear error for unsupported families, before loading weights
-    import pipeline  # noqa: F401  (registers the sculpted classes for AutoModelForCausalLM)
-
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     source.setdefault("model_type", config.model_type)

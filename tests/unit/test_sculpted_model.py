@@ -148,3 +148,14 @@ def test_trust_remote_code_loads_without_llm_sculpt(tmp_path):
                    env={"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
                         "PATH": "/usr/bin:/bin"})
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, atol=0, rtol=0)
+
+
+def test_left_padded_batch_generation_matches_each_prompt_alone():
+    model = slice_model(tiny_model("llama"), heterogeneous_spec(tiny_model("llama")))
+    prompts = torch.tensor([[5, 6, 7, 8, 9], [0, 0, 11, 12, 13]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    options = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    batch = model.generate(prompts, attention_mask=mask, **options)
+    alone = model.generate(prompts[1:, 2:], **options)
+    for batched, single in zip(batch.scores, alone.scores):
+        torch.testing.assert_close(batched[1], single[0], atol=1e-5, rtol=0)
