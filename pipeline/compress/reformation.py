@@ -101,7 +101,7 @@ def output_error(weight: torch.Tensor, second_moment: torch.Tensor, new_weight: 
 
 
 # ---- one interface for the reform stage --------------------------------------
-REFORM_METHODS = ("admm", "lstsq", "bias")
+REFORM_METHODS = ("admm", "least-squares", "bias")
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tenso
     """The kept columns of `weight` corrected by `method` (one of REFORM_METHODS), float64."""
     if method == "admm":
         return ColumnFix(admm_reform(weight, second_moment, kept, rho, iterations)[:, kept])
-    if method == "lstsq":
+    if method == "least-squares":
         return ColumnFix(least_squares_refit(weight, second_moment, kept))
     if method == "bias":
         return ColumnFix(weight.double()[:, kept], compensation_bias(weight, mean_input, kept))
