@@ -148,9 +148,11 @@ def reform_sculpted(sculpted: nn.Module, dense: nn.Module, spec: ArchSpec, windo
                     settings: ReformSettings, batch_size: int = 1, progress: bool = True) -> ReformOutcome:
     """Correct, in place, every projection of `sculpted` (sliced from `dense` by `spec`) that lost inputs.
 
-    Returns the corrected tensors by name, a report per projection and where the time went.
+    Moves `sculpted` to `dense`'s device. Returns the corrected tensors by name, a report per
+    projection and where the time went.
     """
     adapter = adapter_for(dense.config)
+    sculpted.to(adapter.embed_tokens(dense).weight.device)  # slice_model builds on the CPU
     steps = [_Step(layer.source, pos, layer, pruned_inputs(layer, spec)) for pos, layer in enumerate(spec.layers)]
     if settings.sequential:
         stream = LayerStream(sculpted, adapter, windows, batch_size)
@@ -257,7 +259,7 @@ class _SequentialLayer:
         for hidden in self.stream.hidden:
             x = projection_input(projection, lambda: self._run(self.dense_layer, module, hidden))
             moments.add(x)
-            self.kept_inputs.append(x[..., kept])
+            self.kept_inputs.append(x[..., kept.to(x.device)])
         return moments
 
     def advance(self, module: str) -> None:
