@@ -5,19 +5,13 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tests.factories import tiny_checkpoint
-from tests.unit.test_cli import CORPUS, sculpt
+from tests.unit.test_cli import sculpt, tiny_run  # noqa: F401  (tiny_run is a fixture)
 
 
 @pytest.fixture()
-def reform_run(tmp_path):
-    model = tiny_checkpoint(tmp_path / "model")
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(CORPUS)
-    args = ["run", "--model", str(model), "--calib-corpus", str(corpus), "--eval-corpus", str(corpus),
-            "--calib-samples", "4", "--calib-seqlen", "32", "--seq-len", "64", "--max-windows", "1",
-            "--ratio", "0.5", "--out", str(tmp_path / "artifacts"), "--quiet", "--reform-samples", "6"]
-    return tmp_path / "artifacts" / "v0001", args
+def reform_run(tiny_run):  # noqa: F811
+    tmp_path, args = tiny_run
+    return tmp_path / "artifacts" / "v0001", [*args, "--reform-samples", "6"]
 
 
 def test_run_with_admm_reform_records_the_fit_and_slices_the_reformed_weights(reform_run):
