@@ -42,7 +42,12 @@ class SearchSection(Section):
 
 
 class ReformSection(Section):
-    method: Literal["none"] = "none"
+    method: Literal["none", "admm", "least-squares", "bias"] = "none"  # o_proj/down_proj correction, docs/reform.md
+    rho: float = Field(1.0, gt=0)  # ADMM penalty, relative to the unit-diagonal (Jacobi-scaled) input Gram
+    iterations: int = Field(30, ge=1)  # ADMM iterations (the paper's 30)
+    samples: int | None = Field(None, ge=1)  # calibration windows for reform; null = data.calib_samples
+    seqlen: int | None = Field(None, ge=8)  # tokens per reform window; null = data.calib_seqlen
+    sequential: bool = True  # inputs from the already-reformed layers; false = the original model's activations
 
 
 class ValidateSection(Section):

@@ -1,16 +1,27 @@
-"""Closed-form corrections of a layer whose input units were pruned (o_proj, down_proj).
+"""Corrections of a layer whose input units were pruned (o_proj, down_proj).
 
 With W (out x in) the original weights, X the layer's inputs and K the kept input units,
 the pruned layer computes W[:, K] X_K. These corrections change the kept weights (or add a
 bias) so the output stays close to W X, using only the second moment G = E[x x^T]
 and the mean E[x] of the inputs from calibration data. Pure math, float64.
+
+- `least_squares_refit`: the exact minimiser of E||W' x_K - W x||^2 (one solve).
+- `admm_reform`: the same objective under the constraint "pruned columns are zero", solved
+  by ADMM ("Search for Efficient LLMs", Shen et al. 2024, Theorem 3.1); a finite number of
+  iterations stops short of the least-squares point, on the way from W.
+- `compensation_bias`: FLAP's bias, the removed inputs' mean contribution.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 DAMPING = 1e-6  # relative ridge on G_KK: keeps the solve well posed when kept inputs are collinear
+ADMM_RHO = 1.0  # the paper's penalty; relative to the unit-diagonal (Jacobi-scaled) G, see `admm_reform`
+ADMM_ITERATIONS = 30  # the paper's count ("converges within 20-30, 50 is no better")
+DEAD_INPUT = 1e-12  # inputs whose mean square is below this fraction of the average count as always zero
 
 
 def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor,
@@ -24,6 +35,46 @@ def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor, kept:
     return torch.linalg.solve(g_kk + ridge, rhs.T).T
 
 
+def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO,
+                iterations: int = ADMM_ITERATIONS) -> torch.Tensor:
+    """min ||W' X - W X||^2 s.t. the pruned columns of W' are zero, by ADMM; returns W' (out x in).
+
+    Scale convention: the problem is solved for the Jacobi-scaled inputs x_j / sqrt(G_jj)
+    (unit-diagonal G, as the released code does), so `rho` means the same whether G is a
+    sum or a mean over tokens and whatever the channels' magnitudes: rho = 1 weighs the
+    proximal term like one input channel's whole energy. Scaling columns keeps the
+    constraint and the minimiser; only the path of the iterations depends on it.
+
+    Per Theorem 3.1, in the transposed (in x out) space, from W^0 = Z^0 = W, U^0 = 0:
+        W^{k+1} = (G + rho I)^-1 (G W^T + rho (Z^k - U^k))
+        Z^{k+1} = (W^{k+1} + U^k) * keep        # projection onto "pruned columns are zero"
+        U^{k+1} = U^k + W^{k+1} - Z^{k+1}
+    The paper prints the projection with the *pruned* mask, and the released code does the
+    same, which keeps the omitted weights; the projection onto the constraint set uses the
+    kept mask. The result is Z, so the pruned columns are exactly zero.
+    """
+    if iterations < 1:
+        raise ValueError(f"ADMM needs at least one iteration, got {iterations}")
+    g = second_moment.double()
+    diagonal = g.diagonal()
+    scale = diagonal.clamp_min(DEAD_INPUT * diagonal.mean().clamp_min(1e-30)).sqrt()
+    g = g / scale[:, None] / scale[None, :]
+    w_t = (weight.double() * scale).T  # (in, out): W X = (W D)(D^-1 X)
+    keep = torch.zeros(g.shape[0], 1, dtype=g.dtype)
+    keep[kept] = 1.0
+    # One factorisation for all iterations: W^{k+1} = A (G W^T) + rho A (Z - U), A = (G + rho I)^-1.
+    system = torch.linalg.cholesky(g + rho * torch.eye(g.shape[0], dtype=g.dtype))
+    inverse = torch.cholesky_inverse(system)
+    fixed = inverse @ (g @ w_t)
+    step = rho * inverse
+    z, u = w_t, torch.zeros_like(w_t)
+    for _ in range(iterations):
+        w_hat = fixed + step @ (z - u)
+        z = (w_hat + u) * keep
+        u = u + w_hat - z
+    return z.T / scale
+
+
 def compensation_bias(weight: torch.Tensor, mean_input: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """FLAP-style bias: the removed inputs' mean contribution, W[:, removed] E[x_removed], shape (out,)."""
     removed = torch.ones(weight.shape[1], dtype=torch.bool)
@@ -32,11 +83,42 @@ def compensation_bias(weight: torch.Tensor, mean_input: torch.Tensor, kept: torc
 
 
 def output_error(weight: torch.Tensor, second_moment: torch.Tensor, new_weight: torch.Tensor,
-                 kept: torch.Tensor) -> float:
-    """E||W' x_K - W x||^2 relative to E||W x||^2, from the second moment alone."""
+                 kept: torch.Tensor, bias: torch.Tensor | None = None,
+                 mean_input: torch.Tensor | None = None) -> float:
+    """E||W' x_K + b - W x||^2 relative to E||W x||^2, from the moments alone (b needs E[x])."""
     w = weight.double()
     full = torch.zeros_like(w)
     full[:, kept] = new_weight.double()
     delta = full - w
     g = second_moment.double()
-    return float(torch.einsum("oi,ij,oj->", delta, g, delta) / torch.einsum("oi,ij,oj->", w, g, w).clamp_min(1e-30))
+    error = torch.einsum("oi,ij,oj->", delta, g, delta)
+    if bias is not None:
+        if mean_input is None:
+            raise ValueError("the error of a layer with a bias needs the mean input")
+        b = bias.double()
+        error = error + 2 * b @ (delta @ mean_input.double()) + b @ b
+    return float(error / torch.einsum("oi,ij,oj->", w, g, w).clamp_min(1e-30))
+
+
+# ---- one interface for the reform stage --------------------------------------
+REFORM_METHODS = ("admm", "least-squares", "bias")
+
+
+@dataclass(frozen=True)
+class ColumnFix:
+    """A corrected projection: its kept columns (out x |K|) and, for `bias`, the added bias (out,)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tensor, mean_input: torch.Tensor,
+                   kept: torch.Tensor, rho: float = ADMM_RHO, iterations: int = ADMM_ITERATIONS) -> ColumnFix:
+    """The kept columns of `weight` corrected by `method` (one of REFORM_METHODS), float64."""
+    if method == "admm":
+        return ColumnFix(admm_reform(weight, second_moment, kept, rho, iterations)[:, kept])
+    if method == "least-squares":
+        return ColumnFix(least_squares_refit(weight, second_moment, kept))
+    if method == "bias":
+        return ColumnFix(weight.double()[:, kept], compensation_bias(weight, mean_input, kept))
+    raise ValueError(f"unknown reform method {method!r}; expected one of {REFORM_METHODS}")

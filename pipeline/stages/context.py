@@ -23,7 +23,7 @@ class StageContext:
     recipe: Recipe
     progress: bool = True
     _source: LoadedModel | None = field(default=None, repr=False)
-    _calibration: tuple[torch.Tensor, dict[str, Any]] | None = field(default=None, repr=False)
+    _calibration: dict[tuple[int, int], tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def say(self, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -39,24 +39,27 @@ class StageContext:
             self._source = load_model(section.source, dtype=section.dtype, device=section.device)
         return self._source
 
-    def calibration(self) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Seeded calibration windows [n, L] from the calibration split, and their provenance."""
-        if self._calibration is None:
-            data = self.recipe.data
-            corpus = load_corpus(data.calibration, "calibration", self.data_dir)
-            windows = calibration_windows(self.source().tokenizer, corpus, data.calib_samples, data.calib_seqlen,
-                                          self.recipe.seed)
-            provenance = {**corpus.provenance(), "samples": data.calib_samples, "seqlen": data.calib_seqlen,
-                          "seed": self.recipe.seed}
-            self._calibration = (windows, provenance)
-        return self._calibration
+    def calibration(self, samples: int | None = None,
+                    seqlen: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Seeded calibration windows [n, L] from the calibration split, and their provenance.
 
-    def calibration_options(self) -> dict[str, Any]:
+        n and L are the data section's unless a stage asks for its own (e.g. reform.samples).
+        """
+        data = self.recipe.data
+        shape = (samples or data.calib_samples, seqlen or data.calib_seqlen)
+        if shape not in self._calibration:
+            corpus = load_corpus(data.calibration, "calibration", self.data_dir)
+            windows = calibration_windows(self.source().tokenizer, corpus, *shape, self.recipe.seed)
+            provenance = {**corpus.provenance(), "samples": shape[0], "seqlen": shape[1], "seed": self.recipe.seed}
+            self._calibration[shape] = (windows, provenance)
+        return self._calibration[shape]
+
+    def calibration_options(self, samples: int | None = None, seqlen: int | None = None) -> dict[str, Any]:
         """What the calibration data depends on, for a stage's recorded options (resume checks)."""
         data = self.recipe.data
         corpus = load_corpus(data.calibration, "calibration", self.data_dir)
-        return {"corpus": corpus.name, "sha256": corpus.sha256, "samples": data.calib_samples,
-                "seqlen": data.calib_seqlen, "seed": self.recipe.seed}
+        return {"corpus": corpus.name, "sha256": corpus.sha256, "samples": samples or data.calib_samples,
+                "seqlen": seqlen or data.calib_seqlen, "seed": self.recipe.seed}
 
     def model_options(self) -> dict[str, Any]:
         source = self.artifact.manifest.source

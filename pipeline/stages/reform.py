@@ -1,28 +1,98 @@
 """reform: correct the kept weights from the omitted ones and calibration data.
 
-Writes `reform/weights.safetensors` (tensors named as in the sliced model), which the
-slice stage applies on top of the search stage's cut.
+Reads `search/arch.json` (and `search/weights.safetensors` when the search method fitted
+weights), slices the source model with them, and corrects every o_proj / down_proj that lost
+input units with the recipe's method (see docs/reform.md). Writes:
+- `reform/arch.json`: the architecture from here on (the search's; `bias` adds output biases);
+- `reform/weights.safetensors`: the corrected tensors, named as in the sliced model, which the
+  slice stage applies after the search's;
+- `reform/report.json`: per projection, the output error before/after and the timings.
 """
 
 from __future__ import annotations
 
+import json
+
+from safetensors.torch import load_file, save_file
+
+from ..compress.layer_reform import ReformOutcome, ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
+from ..models.slicing import slice_model
+from ..models.spec import ArchSpec
 from .context import StageContext
+from .slice import apply_weights, recorded_output
 
 NAME = "reform"
+SEARCH_WEIGHTS = "search/weights.safetensors"
+
+
+def _window_shape(ctx: StageContext) -> tuple[int, int]:
+    reform, data = ctx.recipe.reform, ctx.recipe.data
+    return reform.samples or data.calib_samples, reform.seqlen or data.calib_seqlen
 
 
 def options(ctx: StageContext) -> dict:
-    return {"method": ctx.recipe.reform.method}
+    reform = ctx.recipe.reform
+    if reform.method == "none":
+        return {"method": "none"}
+    settings = {"rho": reform.rho, "iterations": reform.iterations} if reform.method == "admm" else {}
+    return {"method": reform.method, **settings, "sequential": reform.sequential, "model": ctx.model_options(),
+            "calibration": ctx.calibration_options(*_window_shape(ctx))}
 
 
 def inputs(ctx: StageContext) -> list[str]:
-    return []
+    if ctx.recipe.reform.method == "none":
+        return []
+    ctx.artifact.require("search")
+    return ["search/arch.json"] + ([SEARCH_WEIGHTS] if recorded_output(ctx, SEARCH_WEIGHTS) else [])
 
 
 def run(ctx: StageContext) -> None:
-    method = ctx.recipe.reform.method
-    if method == "none":
+    reform = ctx.recipe.reform
+    if reform.method == "none":
         ctx.artifact.skip(NAME, "reform.method is 'none': the kept weights are used as they are",
                           options=options(ctx))
         return
-    raise AssertionError(f"unhandled reform method {method!r}")  # the recipe type admits no other value
+    files = inputs(ctx)
+    spec = ArchSpec.from_json((ctx.artifact.path / "search/arch.json").read_text())
+    if not any(pruned_inputs(layer, spec) for layer in spec.layers):
+        ctx.artifact.skip(NAME, "no kept o_proj or down_proj lost input units: there is nothing to reform",
+                          options=options(ctx))
+        return
+    with ctx.artifact.stage(NAME, options=options(ctx), inputs=files) as st:
+        if reform.method == "bias":
+            spec = with_output_biases(spec)
+        loaded = ctx.source()
+        model = slice_model(loaded.model, spec)
+        if SEARCH_WEIGHTS in files:
+            apply_weights(model, load_file(ctx.artifact.path / SEARCH_WEIGHTS), SEARCH_WEIGHTS)
+        windows, provenance = ctx.calibration(*_window_shape(ctx))
+        settings = ReformSettings(reform.method, reform.rho, reform.iterations, reform.sequential)
+        outcome = reform_sculpted(model, loaded.model, spec, windows, settings, ctx.recipe.data.batch_size,
+                                  ctx.progress)
+        (st.dir / "arch.json").write_text(spec.to_json() + "\n")
+        save_file({name: t.contiguous() for name, t in outcome.tensors.items()}, st.dir / "weights.safetensors")
+        report = reform_report(outcome, settings, provenance)
+        (st.dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        st.metrics.update(report)
+        ctx.say(f"  reform: {summary_line(report)}")
+
+
+def reform_report(outcome: ReformOutcome, settings: ReformSettings, calibration: dict) -> dict:
+    """The stage's report: settings, data, where the time went, and the error of each projection."""
+    summary = {}
+    for module in ("o_proj", "down_proj"):
+        rows = [r for r in outcome.reports if r.module == module]
+        if rows:
+            summary[module] = {"count": len(rows),
+                               "error_before_mean": sum(r.error_before for r in rows) / len(rows),
+                               "error_after_mean": sum(r.error_after for r in rows) / len(rows)}
+    return {"method": settings.method, "rho": settings.rho, "iterations": settings.iterations,
+            "sequential": settings.sequential, "calibration": calibration, "tokens": outcome.tokens,
+            "seconds": outcome.seconds, "summary": summary,
+            "projections": [r.as_dict() for r in outcome.reports]}
+
+
+def summary_line(report: dict) -> str:
+    parts = [f"{module} error {s['error_before_mean']:.3g} -> {s['error_after_mean']:.3g} (mean of {s['count']})"
+             for module, s in report["summary"].items()]
+    return f"{'; '.join(parts)}; {report['seconds']['total']:.0f} s"
