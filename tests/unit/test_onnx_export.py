@@ -153,3 +153,25 @@ def test_ort_runner_latency_reports_timings(exported_tiny):
 def test_missing_export_dir_is_one_clear_error(tmp_path):
     with pytest.raises(SculptError, match="sculpt export"):
         OrtRunner.from_export_dir(tmp_path)
+
+
+def test_io_binding_keeps_the_cache_as_ort_values_and_generates_the_same_tokens(sculpted_tiny, exported_tiny):
+    """The GPU path (presents stay on the device, fed back as OrtValues), exercised on the CPU."""
+    plain = OrtRunner.from_export_dir(exported_tiny.directory)
+    bound = OrtRunner(plain.session, plain.io, io_binding=True)
+    outputs, _ = bound.prefill(IDS[:, :5].numpy())
+    assert isinstance(outputs["logits"], np.ndarray) and not isinstance(outputs["present.0.key"], np.ndarray)
+    assert torch.equal(bound.generate(IDS[:, :5], 8), plain.generate(IDS[:, :5], 8))
+    assert bound.prefill_latency(8, repeats=1).median_s > 0
+
+
+def test_a_gpu_device_needs_the_cuda_provider():
+    from validators.ort_runner import execution_providers
+
+    assert execution_providers("cpu", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert execution_providers("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == (
+        "CUDAExecutionProvider", {"device_id": 1})
+    with pytest.raises(SculptError, match="onnxruntime-gpu"):
+        execution_providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(SculptError, match="cpu or cuda"):
+        execution_providers("mps", ["CPUExecutionProvider"])
