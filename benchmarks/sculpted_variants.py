@@ -28,8 +28,9 @@ SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, 
                      eos_token_id=2)
 
 
-def source_model(random_weights: bool, layers: int | None = None, device: str = "cpu", seed: int = 0):
-    """(dense model, tokenizer or None): the real SmolLM2-135M, or one of its shape with random weights."""
+def source_model(random_weights: bool, layers: int | None = None, device: str = "cpu", seed: int = 0,
+                 model_ref: str | None = None):
+    """(dense model, tokenizer or None): `model_ref` (default SmolLM2-135M), or SmolLM2's shape with random weights."""
     if random_weights:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -39,7 +40,7 @@ def source_model(random_weights: bool, layers: int | None = None, device: str = 
     else:
         from pipeline.models.loading import load_model
 
-        loaded = load_model()
+        loaded = load_model(model_ref)
         model, tokenizer = loaded.model, loaded.tokenizer
         if layers:
             model = first_layers(model, layers)

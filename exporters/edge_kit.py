@@ -144,7 +144,7 @@ mask one longer, and the next position. No input ever has a zero-sized dimension
 {lint_lines}
 
 Nothing in this kit has been run on a real TensorRT by llm-sculpt's own tests: see the project's
-docs/deploy.md for what was verified.
+docs/export.md for what was verified.
 """
 
 
