@@ -37,6 +37,12 @@ RECIPE_FLAGS = [
     ("--seq-len", "validate.seq_len", int, "Evaluation window length (2048 in the papers)."),
     ("--max-windows", "validate.max_windows", int, "Cap on evaluation windows (0 = the whole split)."),
     ("--seed", "seed", int, "Seed for calibration sampling and search."),
+    ("--export-precision", "export.precision", click.Choice(["fp32", "fp16"]),
+     "ONNX precision (fp16 keeps norms and softmax in fp32)."),
+    ("--opset", "export.opset", int, "ONNX opset (18 for TensorRT 10.3 / JetPack 6)."),
+    ("--trt-target", "build.target", click.Choice(["trt-10.3", "trt-10.x", "trt-11"]),
+     "TensorRT version the edge kit and the lint aim at."),
+    ("--build-precision", "build.precision", click.Choice(["fp32", "fp16", "bf16"]), "TensorRT engine precision."),
     ("--out", "output", str, "Root directory of artifact versions."),
 ]
 
@@ -94,6 +100,8 @@ def cli() -> None:
       search    pick the architecture (heads, KV groups, MLP width, layers) with --method
       reform    correct the kept weights from calibration data
       slice     physically remove what was cut; save a HF checkpoint that loads anywhere
+      export    ONNX with a KV cache, checked against PyTorch through ONNX Runtime
+      build     edge build kit (always) and a TensorRT engine (where TensorRT and a GPU are)
       validate  perplexity, size and parameters, before and after
 
     \b
@@ -150,7 +158,38 @@ _stage_command("search", """Pick the architecture of an existing ARTIFACT (re-ru
     To start a new artifact, use `sculpt run --stages search`.""")
 _stage_command("reform", "Correct the kept weights of ARTIFACT from calibration data.")
 _stage_command("slice", "Physically cut the source model to ARTIFACT's architecture and save it.")
+_stage_command("export", "Export ARTIFACT's sliced model to ONNX with a KV cache and check it against PyTorch.")
+_stage_command("build", """Write ARTIFACT's edge build kit, and build a TensorRT engine where TensorRT and a GPU are.
+
+    Without them the build is recorded as skipped; the kit in ARTIFACT/kit builds the engine on the target.""")
 _stage_command("validate", "Measure ARTIFACT's sculpted model against its source.")
+
+
+@cli.command()
+@click.argument("onnx_path", metavar="PATH", type=click.Path(exists=True))
+@click.option("--target", "targets", multiple=True, type=click.Choice(["trt-10.3", "trt-10.x", "trt-11"]),
+              help="TensorRT version to check against (repeatable; default: all).")
+def lint(onnx_path, targets) -> None:
+    """Check an ONNX graph (a .onnx file, an export directory or an artifact) against TensorRT's ONNX parser.
+
+    Exit status 1 when any target would refuse the graph.
+    """
+    from exporters.trt_lint import TARGETS, lint as lint_graph
+
+    path = Path(onnx_path)
+    for candidate in (path / "export" / "model.onnx", path / "model.onnx"):
+        if path.is_dir() and candidate.is_file():
+            path = candidate
+            break
+    if path.is_dir():
+        raise SculptError(f"{onnx_path} holds no model.onnx: pass an ONNX file, an export directory or an artifact")
+    reports = [lint_graph(path, target) for target in (targets or TARGETS)]
+    for report in reports:
+        click.echo("\n".join(report.lines()))
+    failed = [report.target for report in reports if not report.ok]
+    if failed:
+        raise SculptError(f"{path} would not parse on {', '.join(failed)} (findings above): re-export at opset 18 "
+                          "without ONNX Runtime-specific fusions")
 
 
 @cli.command()

@@ -50,6 +50,27 @@ class ReformSection(Section):
     sequential: bool = True  # inputs from the already-reformed layers; false = the original model's activations
 
 
+class ExportSection(Section):
+    precision: Literal["fp32", "fp16"] = "fp32"  # fp16: weights and activations in fp16, norms and softmax in fp32
+    opset: int = Field(18, ge=14, le=24)  # 18 for TensorRT 10.3 / JetPack 6; >= 23 emits fused Attention ops
+    include_source: bool = False  # also export the dense source model (export/source/), e.g. for latency ratios
+    external_data: bool | None = None  # weights in model.onnx.data; null = only when one file would pass 2 GB
+    check_tokens: int = Field(32, ge=1)  # greedy tokens that must match PyTorch through the KV cache
+
+
+class BuildSection(Section):
+    target: Literal["trt-10.3", "trt-10.x", "trt-11"] = "trt-10.3"  # TensorRT the kit and the lint aim at
+    precision: Literal["fp32", "fp16", "bf16"] = "fp16"  # fp32 graph: a TensorRT 10 builder flag; fp16 graph: as is
+    batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max sequences per call
+    prompt: tuple[int, int, int] = (1, 128, 512)  # min, opt, max prompt tokens (prefill profile)
+    context: tuple[int, int, int] = (1, 512, 2048)  # min, opt, max cached tokens while decoding (decode profile)
+    workspace_mib: int = Field(2048, ge=16)  # builder workspace limit
+    timing_cache: str | None = None  # timing cache reused across builds; null = one per GPU and TensorRT version
+    version_compatible: bool = False  # engine runs on later TensorRT runtimes (lean runtime inside; can be slower)
+    hardware_compatibility: Literal["none", "ampere+"] = "none"  # ampere+: one engine for every Ampere-or-newer GPU
+    optimization_level: int | None = Field(None, ge=0, le=5)  # builder optimization level; null = TensorRT's default
+
+
 class ValidateSection(Section):
     seq_len: int = Field(2048, ge=2)  # evaluation window length (2048 in the papers)
     max_windows: int | None = Field(8, ge=1)  # cap on evaluation windows; null = the whole evaluation split
@@ -64,6 +85,8 @@ class Recipe(Section):
     data: DataSection = Field(default_factory=DataSection)
     search: SearchSection = Field(default_factory=SearchSection)
     reform: ReformSection = Field(default_factory=ReformSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    build: BuildSection = Field(default_factory=BuildSection)
     validate_: ValidateSection = Field(default_factory=ValidateSection, alias="validate")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)

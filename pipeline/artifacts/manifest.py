@@ -22,7 +22,7 @@ from .versions import MANIFEST_NAME
 
 SCHEMA = "llm-sculpt/manifest"
 SCHEMA_VERSION = 1
-PIPELINE = ("search", "reform", "slice", "export", "build", "validate")
+PIPELINE = ("search", "reform", "slice", "export", "kit", "build", "validate")
 
 # Library name in the manifest → distributions that provide it, first installed one wins.
 _LIBRARIES = {

@@ -35,7 +35,10 @@ def test_run_produces_a_verified_artifact_with_a_before_after_table(tiny_run):
     assert "perplexity" in result.output and "parameters" in result.output
     version = tmp_path / "artifacts" / "v0001"
     manifest = json.loads((version / "manifest.json").read_text())
-    assert [s["name"] for s in manifest["stages"]] == ["search", "reform", "slice", "validate"]
+    assert [s["name"] for s in manifest["stages"]] == ["search", "reform", "slice", "export", "kit", "build",
+                                                       "validate"]
+    assert manifest["stages"][3]["metrics"]["parity"]["passed"]
+    assert manifest["stages"][5]["status"] == "skipped"  # no TensorRT here; the kit is written all the same
     assert manifest["stages"][-1]["metrics"]["params"] < manifest["stages"][-1]["metrics"]["params_source"]
     assert sculpt("verify", str(version)).exit_code == 0
     assert "search" in sculpt("inspect", str(version)).output
@@ -46,13 +49,14 @@ def test_running_the_same_recipe_again_resumes_without_redoing_stages(tiny_run):
     sculpt(*args)
     again = sculpt(*args)
     assert again.exit_code == 0
-    assert again.output.count("up to date") == 3  # search, slice, validate (reform re-records its skip)
+    # search, slice, export, validate (reform re-records its skip; build retries, as TensorRT may have appeared)
+    assert again.output.count("up to date") == 4
     assert not (tmp_path / "artifacts" / "v0002").exists()
 
 
 def test_verify_fails_on_a_tampered_file(tiny_run):
     tmp_path, args = tiny_run
-    sculpt(*args)
+    sculpt(*args, "--stages", "search,reform,slice,validate")
     arch = tmp_path / "artifacts" / "v0001" / "search" / "arch.json"
     arch.write_text(arch.read_text().replace("uniform", "uniforn"))
     result = sculpt("verify", str(arch.parent.parent))
