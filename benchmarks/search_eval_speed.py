@@ -41,6 +41,7 @@ from pipeline.models.slicing import mask_weights, slice_model  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--candidates", type=int, default=8, help="children scored by each way")
     parser.add_argument("--calib-corpus", default="auto")
@@ -55,7 +56,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     model, adapter = loaded.model, adapter_for(loaded.model.config)
     base = adapter.dims(model.config)
     corpus = load_corpus(args.calib_corpus, "calibration", args.data_dir)
