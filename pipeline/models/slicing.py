@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import SculptError
 from .adapters import FamilyAdapter, adapter_for
 from .configuration_sculpted import SculptedConfig
-from .modeling_sculpted import SculptedForCausalLM
+from .modeling_sculpted import SculptedDecoderLayer, SculptedForCausalLM
 from .spec import ArchSpec, LayerSpec
 
 
@@ -61,6 +61,21 @@ def slice_model(source: nn.Module, spec: ArchSpec) -> SculptedForCausalLM:
     if spec.base.tie_word_embeddings:
         target.tie_weights()
     return target.eval()
+
+
+@torch.no_grad()
+def slice_layer(source: nn.Module, spec: ArchSpec, position: int, config: SculptedConfig | None = None) -> nn.Module:
+    """Layer `position` of `slice_model(source, spec)`, built alone: a search that scores many
+    candidates layer by layer slices only the layers it runs. `config`: `sculpted_config(...)`, if at hand."""
+    adapter = adapter_for(source.config)
+    if config is None:
+        config = sculpted_config(source.config, spec)
+    config._attn_implementation = source.config._attn_implementation  # a bare config would fall back to eager
+    layer = spec.layers[position]
+    with torch.device("meta"):  # no random init: every tensor comes from the source
+        module = SculptedDecoderLayer(config, position)
+    module.load_state_dict(_layer_state(adapter, adapter.layers(source)[layer.source], layer, spec), assign=True)
+    return module.eval()
 
 
 def _layer_state(adapter: FamilyAdapter, src: nn.Module, layer: LayerSpec, spec: ArchSpec) -> dict[str, torch.Tensor]:

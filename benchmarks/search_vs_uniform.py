@@ -1,0 +1,181 @@
+"""Evolutionary search vs the uniform importance initialisation, each followed by the same reform step.
+
+    python benchmarks/search_vs_uniform.py --device cuda --eval-windows 0            # the README table
+    python benchmarks/search_vs_uniform.py --ratios 0.8 --eval-windows 1 --eval-seqlen 512 \\
+        --search-options '{"population": 6, "generations": 1}'                       # a CPU smoke run
+
+For every ratio it runs the whole pipeline (search -> reform -> slice -> validate) twice, with
+`--method uniform` and `--method evolution`, and the same `--reform` method, then reports the
+evaluation perplexity (WikiText-2 test by default), the measured decode speed-up against the
+dense model and the search wall time. With `--latency-speedup X` it adds one evolution run with
+a latency budget (parameters capped at `--latency-ratio`) and checks the measured decode
+speed-up against X (within 5%). Each run is a versioned artifact under OUT/artifacts, so an
+interrupted benchmark resumes where it stopped. Writes OUT/results.md, results.json and
+ppl_vs_ratio.png, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.artifacts import read_manifest  # noqa: E402
+from pipeline.recipe import build_recipe  # noqa: E402
+from pipeline.workflow import run_pipeline  # noqa: E402
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = json.loads(args.search_options)
+    rows, began = [], time.perf_counter()
+    for ratio in args.ratios:
+        for method in ("uniform", "evolution"):
+            rows.append(run_one(args, out, method, ratio, options if method == "evolution" else {}))
+            print_row(rows[-1])
+    if args.latency_speedup:
+        # the table is timed at the context the speed-up is then measured at
+        budget = {"latency_context": args.decode_context, **options, "latency_speedup": args.latency_speedup}
+        rows.append(run_one(args, out, "evolution", args.latency_ratio, budget))
+        print_row(rows[-1])
+    table = markdown(rows, args)
+    results = {"settings": vars(args), "rows": rows, "total_seconds": round(time.perf_counter() - began, 1)}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(table)
+    plot(rows, out / "ppl_vs_ratio.png", args)
+    print("\n" + table)
+    print(f"written to {out}/ (results.md, results.json, ppl_vs_ratio.png); {results['total_seconds']:.0f} s in all")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="source model (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[0.9, 0.8, 0.7, 0.6, 0.5],
+                        help="decoder-parameter ratios, comma-separated")
+    parser.add_argument("--reform", default="none", help="reform.method applied after both searches (as in the recipe)")
+    parser.add_argument("--search-options", default="{}", help="JSON of evolution options (see `sculpt methods`)")
+    parser.add_argument("--data-dir", default=None, help="corpora directory (else $SCULPT_DATA_DIR)")
+    parser.add_argument("--calib-corpus", default="auto")
+    parser.add_argument("--eval-corpus", default="auto", help="evaluation corpus (auto: WikiText-2 test)")
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--calib-seqlen", type=int, default=512)
+    parser.add_argument("--eval-windows", type=int, default=0, help="evaluation windows (0: the whole split)")
+    parser.add_argument("--eval-seqlen", type=int, default=2048)
+    parser.add_argument("--latency-speedup", type=float, default=None, help="also run a latency-budget search, e.g. 1.5")
+    parser.add_argument("--latency-ratio", type=float, default=1.0, help="parameter cap of the latency-budget run")
+    parser.add_argument("--decode-context", type=int, default=512, help="prompt tokens before timed decode steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench-out/search_vs_uniform")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args()
+
+
+def run_one(args, out: Path, method: str, ratio: float, options: dict) -> dict:
+    label = method + ("-latency" if "latency_speedup" in options else "")
+    overrides = {
+        "model.source": args.model, "model.device": args.device, "model.dtype": args.dtype, "seed": args.seed,
+        "data.data_dir": args.data_dir, "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
+        "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
+        "search.method": method, "search.ratio": ratio, "search.options": options, "reform.method": args.reform,
+        "validate.seq_len": args.eval_seqlen, "validate.max_windows": args.eval_windows or None,
+        "validate.compare_source": True, "output": str(out / "artifacts" / f"{label}-{ratio}"),
+    }
+    print(f"\n=== {label} at ratio {ratio} (reform: {args.reform})", flush=True)
+    artifact = run_pipeline(build_recipe(None, overrides, where="benchmark flags"), progress=not args.quiet)
+    stages = {s.name: s for s in read_manifest(artifact.path).stages}
+    report = json.loads((artifact.path / "validate" / "report.json").read_text())
+    search = stages["search"].metrics
+    row = {"method": label, "ratio": ratio, "decoder_ratio": search["decoder_ratio"],
+           "layers": search["layers"], "ppl": report["sculpted"]["perplexity"]["ppl"],
+           "dense_ppl": report["source"]["perplexity"]["ppl"],
+           "search_seconds": stages["search"].wall_s, "search_ppl": search.get("search_ppl"),
+           "seed_ppl": search.get("seed_ppl"), "predicted_speedup": search.get("predicted_speedup"),
+           "artifact": str(artifact.path)}
+    row.update(decode_speedup(artifact.path, args))
+    return row
+
+
+_LOADED: dict = {}
+
+
+def decode_speedup(path: Path, args) -> dict:
+    """Measured decode step of the sliced model vs the dense source, as the latency table predicts it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models.loading import load_model
+    from validators.latency import decode_throughput
+
+    if "dense" not in _LOADED:  # one dense copy for the whole benchmark
+        _LOADED["dense"] = load_model(args.model, dtype=args.dtype, device=args.device).model
+    dense = _LOADED["dense"]
+    sliced = AutoModelForCausalLM.from_pretrained(path / "slice" / "model", dtype=getattr(torch, args.dtype))
+    sliced = sliced.to(args.device).eval()
+    steps = {}
+    for name, model in (("dense", dense), ("sliced", sliced), ("dense_again", dense)):
+        result = decode_throughput(model, prompt_len=args.decode_context, new_tokens=32, repeats=5)
+        steps[name] = result.step.median_s
+    dense_step = min(steps["dense"], steps["dense_again"])  # timed before and after: drift shows as a spread
+    return {"decode_step_ms": round(steps["sliced"] * 1e3, 3), "dense_step_ms": round(dense_step * 1e3, 3),
+            "decode_speedup": round(dense_step / steps["sliced"], 3)}
+
+
+def print_row(row: dict) -> None:
+    print(f"--> {row['method']} {row['ratio']}: ppl {row['ppl']:.3f} (dense {row['dense_ppl']:.3f}), decode x"
+          f"{row['decode_speedup']:.2f}, search {row['search_seconds']:.0f} s", flush=True)
+
+
+def markdown(rows: list[dict], args) -> str:
+    eval_text = f"{args.eval_windows or 'all'} windows of {args.eval_seqlen}"
+    lines = [f"Evaluation perplexity ({args.eval_corpus}, {eval_text}); reform: `{args.reform}`; "
+             f"device {args.device}, {args.dtype}; dense ppl {rows[0]['dense_ppl']:.3f}.", "",
+             "| ratio | uniform ppl | evolution ppl | better | uniform decode x | evolution decode x | "
+             "evolution layers | search s |", "|---|---|---|---|---|---|---|---|"]
+    by = {(r["method"], r["ratio"]): r for r in rows}
+    for ratio in args.ratios:
+        u, e = by[("uniform", ratio)], by[("evolution", ratio)]
+        lines.append(f"| {ratio} | {u['ppl']:.3f} | {e['ppl']:.3f} | {'evolution' if e['ppl'] < u['ppl'] else 'uniform'}"
+                     f" | {u['decode_speedup']:.2f} | {e['decode_speedup']:.2f} | {e['layers']} | "
+                     f"{e['search_seconds']:.0f} |")
+    latency = [r for r in rows if r["method"] == "evolution-latency"]
+    for r in latency:
+        met = r["decode_speedup"] >= args.latency_speedup * 0.95
+        lines += ["", f"Latency budget {args.latency_speedup}x (parameters <= {r['ratio']}): predicted "
+                      f"{r['predicted_speedup']:.3f}x, measured {r['decode_speedup']:.3f}x "
+                      f"({'meets' if met else 'misses'} the budget within 5%), decoder ratio {r['decoder_ratio']:.3f}, "
+                      f"ppl {r['ppl']:.3f}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, color in (("uniform", "tab:orange"), ("evolution", "tab:blue")):
+        points = sorted((r["ratio"], r["ppl"]) for r in rows if r["method"] == method)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=method)
+    ax.axhline(rows[0]["dense_ppl"], color="gray", ls="--", lw=1, label="dense")
+    ax.set_yscale("log")
+    ax.set_xlabel("decoder parameters kept (ratio)")
+    ax.set_ylabel("evaluation perplexity")
+    ax.set_title(f"search vs uniform init (reform: {args.reform})", fontsize=10)
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

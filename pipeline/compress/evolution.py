@@ -1,0 +1,231 @@
+"""Evolutionary architecture search from the importance initialisation ("Search for Efficient LLMs",
+Shen et al. 2024, §3.3), with GQA-legal head masks, skippable sublayers, removable layers, and a
+parameter and/or measured decode-latency budget.
+
+Generation 0 is every uniform importance-initialised architecture that fits the budget (one per
+attention shape, the paper's initial subnet and its split alternatives), filled up with strongly
+mutated copies of the best one. Each later generation is `mutations` mutants and `crossovers`
+children of random parents among the best `parents` so far, plus strongly mutated ones; the
+best `parents` of everything scored become the next parents. A candidate outside the budget is
+walked back into it by one-multiple MLP width steps (or dropped), one already scored is dropped.
+Fitness is perplexity on fixed calibration windows. See docs/search.md for the defaults vs the paper's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
+
+from ..errors import SculptError
+from ..models.spec import BaseDims
+from .evolution_genes import (Budget, Genome, Rates, SearchSpace, UnitScores, crossover, genome_from_dict, genome_key,
+                              genome_ratio, genome_to_dict, mutate, repair)
+from .registry import MethodOptions
+from .selection import DEFAULT_MLP_MULTIPLE
+
+
+class EvolutionOptions(MethodOptions):
+    population: int = Field(24, ge=2)  # candidates per generation (paper: 100)
+    mutations: int = Field(12, ge=0)  # mutants of the parents per generation (paper: 50)
+    crossovers: int = Field(8, ge=0)  # crossover children per generation (paper: 30); the rest: strong mutants
+    parents: int = Field(6, ge=1)  # top-k kept as parents (paper: 10)
+    generations: int = Field(16, ge=0)  # after the initial population (paper: 50)
+    mask_rate_initial: float = Field(0.3, ge=0, le=1)  # P_m for generation 0 and strong mutants (paper: 0.6)
+    mask_rate: float = Field(0.1, ge=0, le=1)  # P_m per mask for mutants (paper: 0.3)
+    ratio_rate_initial: float = Field(0.15, ge=0, le=1)  # P_s for generation 0 and strong mutants (paper: 0.3)
+    ratio_rate: float = Field(0.05, ge=0, le=1)  # P_s per sublayer for mutants (paper: 0.1)
+    depth_rate: float = Field(0.1, ge=0, le=1)  # P_d per candidate: remove or restore one layer (paper: 0.1)
+    alpha: float = Field(0.8, gt=0, le=1)  # a child mask keeps >= alpha of its parent's units (paper: 0.8)
+    mask_sampling: Literal["importance", "uniform"] = "importance"  # which units leave / join a mask
+    mlp_multiple: int = Field(DEFAULT_MLP_MULTIPLE, ge=1)  # MLP widths snap to this many channels
+    mlp_step: int = Field(4, ge=1)  # a width mutation moves at most this many multiples
+    attention_skip: bool = True  # a layer may skip its attention
+    mlp_skip: bool = True  # a layer may skip its MLP
+    layer_removal: bool = True  # depth mutation may remove whole layers
+    tolerance: float = Field(0.01, ge=0, lt=1)  # legal decoder ratio: [ratio - tolerance, ratio]
+    fitness_windows: int = Field(4, ge=1)  # calibration windows scoring each candidate (paper: 5)
+    fitness_seqlen: int = Field(256, ge=0)  # their length in tokens, cut from the calibration windows (0: all)
+    cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
+    latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
+    latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]
+    latency_context: int = Field(512, ge=1)  # KV-cache length the latency table is measured at
+    latency_table: str | None = None  # JSON file to reuse (measured and written there if missing)
+    time_limit_min: float | None = Field(None, gt=0)  # stop after the generation that passes it (not reproducible)
+
+    @model_validator(mode="after")
+    def _fits(self) -> "EvolutionOptions":
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(f"mutations + crossovers ({self.mutations + self.crossovers}) exceed the population "
+                             f"({self.population}); lower them or raise population")
+        if self.parents > self.population:
+            raise ValueError(f"parents ({self.parents}) exceed the population ({self.population})")
+        return self
+
+
+@dataclass(frozen=True)
+class Candidate:
+    genome: Genome
+    ppl: float
+    key: str
+
+
+class EvolutionSearch:
+    """The search state and its generations; `score` maps a legal genome to its fitness (lower is better)."""
+
+    def __init__(self, space: SearchSpace, budget: Budget, score: Callable[[Genome], float],
+                 options: EvolutionOptions, seed: int) -> None:
+        self.space, self.budget, self.score, self.options = space, budget, score, options
+        self.rng = np.random.default_rng(seed)
+        self.seen: dict[str, float] = {}
+        self.parents: list[Candidate] = []
+        self.history: list[dict] = []
+        self.generation = -1  # the last completed generation
+        self.strong = Rates(options.mask_rate_initial, options.ratio_rate_initial, options.depth_rate)
+        self.mild = Rates(options.mask_rate, options.ratio_rate, options.depth_rate)
+
+    @property
+    def best(self) -> Candidate:
+        return self.parents[0]
+
+    # ---- generations -------------------------------------------------------------------
+    def initial(self, seeds: list[Genome], on_scored: Callable[[], None] = lambda: None) -> dict:
+        """Generation 0: the seeds, then strong mutants of the best seed up to the population size."""
+        legal = [g for g in (repair(s, self.space, self.budget, self.rng) for s in seeds) if g is not None]
+        if not legal:
+            raise SculptError("no uniform architecture fits the budget: raise the ratio or the tolerance, "
+                              "or lower the latency speed-up")
+        began = time.perf_counter()
+        scored = self._score_all([("seed", g) for g in self._unique(legal)], on_scored)
+        seed_best = min(scored, key=lambda c: (c[1].ppl, c[1].key))[1]
+        wanted = self.options.population - len(scored)
+        scored += self._score_all(self._offspring([seed_best], [("strong", wanted)]), on_scored)
+        return self._close_generation(scored, began, seed_ppl=seed_best.ppl)
+
+    def step(self, on_scored: Callable[[], None] = lambda: None) -> dict:
+        """One generation of mutants, crossovers and strong mutants of the current parents."""
+        opts = self.options
+        began = time.perf_counter()
+        plan = [("mutation", opts.mutations), ("crossover", opts.crossovers),
+                ("strong", opts.population - opts.mutations - opts.crossovers)]
+        scored = self._score_all(self._offspring(self.parents, plan), on_scored)
+        return self._close_generation(scored, began)
+
+    def _offspring(self, parents: list[Candidate], plan: list[tuple[str, int]]) -> list[tuple[str, Genome]]:
+        children: list[tuple[str, Genome]] = []
+        keys: set[str] = set()
+        for kind, count in plan:
+            made = 0
+            for _ in range(10 * count):  # as the paper's code: give up after 10x the wanted attempts
+                if made == count:
+                    break
+                child = repair(self._child(kind, parents), self.space, self.budget, self.rng)
+                if child is None:
+                    continue
+                key = genome_key(child)
+                if key in self.seen or key in keys:
+                    continue
+                keys.add(key)
+                children.append((kind, child))
+                made += 1
+        return children
+
+    def _child(self, kind: str, parents: list[Candidate]) -> Genome:
+        first = parents[int(self.rng.integers(len(parents)))].genome
+        if kind == "crossover" and len(parents) > 1:
+            i, j = self.rng.choice(len(parents), size=2, replace=False)
+            return crossover(parents[int(i)].genome, parents[int(j)].genome, self.rng)
+        return mutate(first, self.space, self.strong if kind == "strong" else self.mild, self.rng)
+
+    def _unique(self, genomes: list[Genome]) -> list[Genome]:
+        out, keys = [], set()
+        for genome in genomes:
+            key = genome_key(genome)
+            if key not in keys and key not in self.seen:
+                keys.add(key)
+                out.append(genome)
+        return out
+
+    def _score_all(self, batch: list[tuple[str, Genome]], on_scored) -> list[tuple[str, Candidate]]:
+        scored = []
+        for kind, genome in batch:
+            key = genome_key(genome)
+            ppl = float(self.score(genome))
+            self.seen[key] = ppl
+            scored.append((kind, Candidate(genome, ppl, key)))
+            on_scored()
+        return scored
+
+    def _close_generation(self, scored: list[tuple[str, Candidate]], began: float, **extra) -> dict:
+        self.generation += 1
+        pool = self.parents + [c for _, c in scored]
+        self.parents = sorted(pool, key=lambda c: (c.ppl, c.key))[: self.options.parents]
+        winners = {c.key for c in self.parents}
+        kinds: dict[str, dict[str, int]] = {}
+        for kind, cand in scored:
+            tally = kinds.setdefault(kind, {"scored": 0, "to_parents": 0})
+            tally["scored"] += 1
+            tally["to_parents"] += cand.key in winners
+        row = {"generation": self.generation, "scored": len(scored), "best_ppl": self.best.ppl,
+               "best_ratio": round(genome_ratio(self.best.genome, self.space.base), 6),
+               "parents_ppl": [c.ppl for c in self.parents], "ppl": [c.ppl for _, c in scored], "kinds": kinds,
+               "seconds": round(time.perf_counter() - began, 3), **extra}
+        if self.budget.speedup is not None:
+            row["best_speedup"] = round(self.budget.speedup(self.best.genome), 4)
+        self.history.append(row)
+        return row
+
+    # ---- checkpoint --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"generation": self.generation, "rng": self.rng.bit_generator.state, "seen": self.seen,
+                "parents": [{"genome": genome_to_dict(c.genome), "ppl": c.ppl} for c in self.parents],
+                "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generation = state["generation"]
+        self.rng.bit_generator.state = state["rng"]
+        self.seen = dict(state["seen"])
+        self.parents = [Candidate(g, p["ppl"], genome_key(g)) for p in state["parents"]
+                        for g in [genome_from_dict(p["genome"])]]
+        self.history = list(state["history"])
+
+
+def search_space(base: BaseDims, importance, options: EvolutionOptions) -> SearchSpace:
+    scores = None
+    if options.mask_sampling == "importance":
+        scores = tuple(UnitScores(imp.q_heads.numpy(), imp.kv_groups.numpy(), imp.mlp_channels.numpy())
+                       for imp in importance)
+    return SearchSpace(base, scores, options.mlp_multiple, options.alpha, options.mlp_step, options.attention_skip,
+                       options.mlp_skip, options.layer_removal)
+
+
+def fingerprint(*parts) -> str:
+    """A stable hash of JSON-able parts (what a checkpoint must match to be resumed)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def run_generations(search: EvolutionSearch, seeds: list[Genome], checkpoint: Callable[[dict], None],
+                    describe: Callable[[], dict] = dict, progress: bool = True) -> bool:
+    """Run the remaining generations, checkpointing after each; True if the time limit cut it short."""
+    opts = search.options
+    began, limit = time.perf_counter(), (opts.time_limit_min or float("inf")) * 60
+    total = opts.population * (opts.generations + 1)
+    bar = tqdm(total=total, initial=min(total, opts.population * (search.generation + 1)), desc="evolution",
+               unit="cand", disable=not progress)
+    with bar:
+        if search.parents:  # resumed
+            bar.set_postfix(gen=search.generation, best_ppl=f"{search.best.ppl:.3f}")
+        while search.generation < opts.generations:
+            row = search.initial(seeds, bar.update) if search.generation < 0 else search.step(bar.update)
+            row.update(describe())
+            checkpoint(search.state_dict())
+            bar.set_postfix(gen=search.generation, best_ppl=f"{search.best.ppl:.3f}")
+            if time.perf_counter() - began > limit and search.generation < opts.generations:
+                return True
+    return False

@@ -1,0 +1,167 @@
+"""The `evolution` method: wires the search to a model, its calibration data and the artifact.
+
+Importance (once, kept in the resume directory), the uniform seeds, the budget (with a
+latency table when a speed-up is asked for), the candidate scorer, a checkpoint after every
+generation, and the outputs: `search.jsonl`, `convergence.png`, `latency_table.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import SculptError
+from ..models.loading import cache_root
+from ..models.spec import BaseDims
+from .candidate_scorer import CandidateScorer
+from .evolution import EvolutionOptions, EvolutionSearch, fingerprint, run_generations, search_space
+from .evolution_genes import Budget, Genome, SearchSpace, genome_from_spec, genome_spec, layer_shapes
+from .evolution_records import (load_checkpoint, load_importance, plot_convergence, save_checkpoint, save_importance,
+                                write_log)
+from .importance import LayerImportance, layer_importance
+from .latency_table import LatencyTable, machine_key, measure_latency_table
+from .registry import MethodContext, MethodResult, register
+from .selection import attention_shapes
+from .uniform import uniform_spec
+
+
+@register("evolution", "evolutionary search from the importance init (Shen et al. 2024): per-layer heads, MLP "
+          "widths, skipped sublayers and depth, in a parameter and optional measured-latency budget", EvolutionOptions)
+def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -> MethodResult:
+    windows = fitness_windows(ctx.calibration, options)
+    calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
+    importance = _importance(ctx, calibration_hash)
+    space = search_space(ctx.base, importance, options)
+    table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
+    budget = make_budget(ctx.base, ratio, options, table)
+    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20)
+    search = EvolutionSearch(space, budget, lambda genome: scorer.perplexity(genome_spec(genome, ctx.base)),
+                             options, ctx.seed)
+    key = fingerprint("evolution", options.model_dump(), ratio, ctx.seed, ctx.base.to_dict(), calibration_hash,
+                      table.to_dict() if table else None)
+    state = load_checkpoint(ctx.state_dir, key) if ctx.state_dir else None
+    if state is not None:
+        search.load_state_dict(state)
+    resumed_from = search.generation if state is not None else None
+
+    def checkpoint(state: dict) -> None:
+        if ctx.state_dir is not None:
+            save_checkpoint(ctx.state_dir, {**state, "fingerprint": key})
+        if ctx.out_dir is not None:
+            write_log(ctx.out_dir, search.history)
+
+    stopped = run_generations(search, seed_genomes(ctx.base, importance, space, budget), checkpoint,
+                              _stats_per_generation(scorer), ctx.progress)
+    best = search.best
+    notes = {"method": "evolution", "mlp_multiple": options.mlp_multiple, "search_ppl": round(best.ppl, 4)}
+    spec = genome_spec(best.genome, ctx.base, notes)
+    metrics = {"search_ppl": best.ppl, "seed_ppl": search.history[0]["seed_ppl"], "generations": search.generation,
+               "candidates_scored": len(search.seen), "fitness_windows": list(windows.shape),
+               "seconds_per_candidate": _mean_seconds(search.history), "prefix_reuse": _mean(search.history, "prefix_reuse"),
+               "resumed_from_generation": resumed_from, "stopped_by_time_limit": stopped}
+    if table is not None:
+        metrics["predicted_speedup"] = table.speedup(layer_shapes(best.genome, ctx.base))
+    if ctx.out_dir is not None:
+        write_log(ctx.out_dir, search.history)
+        title = f"evolution at ratio {ratio}" + (f", speed-up >= {options.latency_speedup}" if table else "")
+        plot_convergence(ctx.out_dir / "convergence.png", search.history, title)
+        if table is not None:
+            (ctx.out_dir / "latency_table.json").write_text(json.dumps(table.to_dict(), indent=1) + "\n")
+    return MethodResult(spec=spec, metrics=metrics)
+
+
+def fitness_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch.Tensor:
+    count, length = calibration.shape
+    if options.fitness_windows > count:
+        raise SculptError(f"evolution scores candidates on {options.fitness_windows} calibration windows, the "
+                          f"calibration has {count}: raise --calib-samples or lower the fitness_windows option")
+    if options.fitness_seqlen > length:
+        raise SculptError(f"fitness_seqlen {options.fitness_seqlen} exceeds the calibration window length {length}: "
+                          "raise --calib-seqlen or lower the fitness_seqlen option")
+    return calibration[: options.fitness_windows, : options.fitness_seqlen or length]
+
+
+def make_budget(base: BaseDims, ratio: float, options: EvolutionOptions, table: LatencyTable | None) -> Budget:
+    """The parameter window [ratio - tolerance, ratio]; with a speed-up target the ratio is only a cap
+    and the window is on the predicted speed-up instead."""
+    if table is None:
+        return Budget(base, max_ratio=ratio, min_ratio=ratio - options.tolerance)
+    target = options.latency_speedup
+    return Budget(base, max_ratio=ratio, min_ratio=0.0,
+                  speedup=lambda genome: table.speedup(layer_shapes(genome, base)),
+                  min_speedup=target, max_speedup=target * (1 + options.latency_tolerance))
+
+
+def seed_genomes(base: BaseDims, importance: list[LayerImportance], space: SearchSpace, budget: Budget) -> list[Genome]:
+    """Per attention shape, the uniform architecture with the widest common MLP width the budget allows."""
+    widths, seeds = space.widths(), []
+    for shape in attention_shapes(base):
+        low, high, best = 0, len(widths) - 1, None
+        while low <= high:  # verdicts only grow with width: bisect for the widest that does not overshoot
+            middle = (low + high) // 2
+            genome = genome_from_spec(uniform_spec(base, importance, shape, widths[middle]))
+            if budget.verdict(genome) == "shrink":
+                high = middle - 1
+            else:
+                best, low = genome, middle + 1
+        if best is not None:
+            seeds.append(best)
+    return seeds
+
+
+def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> LatencyTable:
+    """The table for this model, device and dtype: from the resume directory, the given file or the
+    cache (~/.cache/llm-sculpt/latency), else measured now (about a minute) and stored there."""
+    key = machine_key(ctx.model, ctx.base, options.latency_context, widths)
+    shared = Path(options.latency_table) if options.latency_table else cache_root() / "latency" / f"{fingerprint(key)}.json"
+    places = ([ctx.state_dir / "latency_table.json"] if ctx.state_dir else []) + [shared]
+    for path in places:
+        if path.is_file():
+            table = LatencyTable.from_dict(json.loads(path.read_text()))
+            if table.machine == key:
+                break
+            if path == shared and options.latency_table:
+                raise SculptError(f"latency table {path} was measured for another model, device, dtype or context: "
+                                  "delete it, or point the latency_table option at another file")
+    else:
+        table = measure_latency_table(ctx.model, ctx.base, widths, options.latency_context, progress=ctx.progress)
+    for path in places:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table.to_dict(), indent=1) + "\n")
+    return table
+
+
+def _importance(ctx: MethodContext, calibration_hash: str) -> list[LayerImportance]:
+    importance = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
+    if importance is None:
+        importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress)
+        if ctx.state_dir is not None:
+            save_importance(ctx.state_dir, calibration_hash, importance)
+    return importance
+
+
+def _stats_per_generation(scorer: CandidateScorer):
+    last = {"candidates": 0, "seconds": 0.0, "run": 0, "reused": 0}
+
+    def describe() -> dict:
+        s = scorer.stats
+        count, seconds = s.candidates - last["candidates"], s.seconds - last["seconds"]
+        run, reused = s.layers_run - last["run"], s.layers_reused - last["reused"]
+        last.update(candidates=s.candidates, seconds=s.seconds, run=s.layers_run, reused=s.layers_reused)
+        return {"seconds_per_candidate": round(seconds / max(count, 1), 4),
+                "prefix_reuse": round(reused / max(run + reused, 1), 4)}
+    return describe
+
+
+def _mean(history: list[dict], key: str) -> float | None:
+    values = [row[key] for row in history if key in row]
+    return sum(values) / len(values) if values else None
+
+
+def _mean_seconds(history: list[dict]) -> float | None:
+    pairs = [(row["seconds_per_candidate"], row["scored"]) for row in history if "seconds_per_candidate" in row]
+    count = sum(n for _, n in pairs)
+    return sum(s * n for s, n in pairs) / count if count else None

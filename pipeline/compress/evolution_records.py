@@ -1,0 +1,90 @@
+"""What the evolutionary search leaves on disk: its checkpoint, its log and its convergence plot.
+
+The checkpoint lives in the stage's resume directory and is replaced atomically after
+every generation; the log (`search.jsonl`) and the plot (`convergence.png`) go into the
+artifact, rewritten from the checkpointed history, so a resumed run still logs every generation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .importance import LayerImportance
+
+CHECKPOINT = "evolution.json"
+IMPORTANCE = "importance.pt"
+
+
+def save_checkpoint(state_dir: Path, state: dict) -> None:
+    path = state_dir / CHECKPOINT
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(state))
+    os.replace(temp, path)
+
+
+def load_checkpoint(state_dir: Path, fingerprint: str) -> dict | None:
+    """The checkpoint of this very search (same fingerprint), else None."""
+    path = state_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return state if state.get("fingerprint") == fingerprint else None
+
+
+def save_importance(state_dir: Path, fingerprint: str, importance: list[LayerImportance]) -> None:
+    rows = [(imp.q_heads, imp.kv_groups, imp.mlp_channels) for imp in importance]
+    temp = state_dir / (IMPORTANCE + ".tmp")
+    torch.save({"fingerprint": fingerprint, "layers": rows}, temp)
+    os.replace(temp, state_dir / IMPORTANCE)
+
+
+def load_importance(state_dir: Path, fingerprint: str) -> list[LayerImportance] | None:
+    path = state_dir / IMPORTANCE
+    if not path.is_file():
+        return None
+    data = torch.load(path, weights_only=True)
+    if data.get("fingerprint") != fingerprint:
+        return None
+    return [LayerImportance(*row) for row in data["layers"]]
+
+
+def write_log(out_dir: Path, history: list[dict]) -> None:
+    with open(out_dir / "search.jsonl", "w") as log:
+        for row in history:
+            log.write(json.dumps(row) + "\n")
+
+
+def plot_convergence(path: Path, history: list[dict], title: str) -> None:
+    """Every candidate's calibration perplexity per generation, the best so far and the parents' mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row in history:
+        ax.scatter([row["generation"]] * len(row["ppl"]), row["ppl"], s=8, color="tab:gray", alpha=0.4, lw=0)
+    generations = [row["generation"] for row in history]
+    ax.plot(generations, [row["best_ppl"] for row in history], marker="o", ms=3, color="tab:blue", label="best so far")
+    ax.plot(generations, [sum(r["parents_ppl"]) / len(r["parents_ppl"]) for r in history], color="tab:orange",
+            lw=1, label="parents' mean")
+    if history and history[0].get("seed_ppl"):
+        ax.axhline(history[0]["seed_ppl"], color="tab:red", ls="--", lw=1, label="uniform init (best seed)")
+    ax.set_yscale("log")
+    best = [row["best_ppl"] for row in history]
+    if best:  # candidates far off the best would squash the interesting range
+        ax.set_ylim(min(best) * 0.97, max(max(best), history[0].get("seed_ppl") or 0) * 1.6)
+    ax.set_xlabel("generation (0 = initial population)")
+    ax.set_ylabel("calibration perplexity")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

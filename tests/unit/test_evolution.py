@@ -1,0 +1,265 @@
+"""The evolutionary search: its operators keep masks overlapping, legal and in budget; its scorer
+matches the sliced model; an interrupted search resumes from its checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.compress import evolution_method
+from pipeline.compress.candidate_scorer import CandidateScorer
+from pipeline.compress.evolution import EvolutionOptions
+from pipeline.compress.evolution_genes import (Budget, LayerGene, Rates, SearchSpace, UnitScores, crossover,
+                                               genome_parameters, genome_ratio, genome_spec, kv_groups, mutate,
+                                               overlap_floor, repair)
+from pipeline.compress.evolution_method import make_budget, run_evolution, seed_genomes
+from pipeline.compress.fitness import calibration_perplexity
+from pipeline.compress.importance import LayerImportance
+from pipeline.compress.latency_table import LatencyTable, shape_key
+from pipeline.compress.registry import MethodContext
+from pipeline.compress.selection import attention_shapes
+from pipeline.models.adapters import adapter_for
+from pipeline.models.slicing import slice_model
+from pipeline.models.spec import BaseDims, decoder_parameters
+from tests.factories import tiny_model
+
+# SmolLM2's attention layout (3 KV groups of 3 query heads) with a small MLP, so masks are cheap.
+BASE = BaseDims("llama", num_layers=6, hidden_size=64, num_heads=9, num_kv_heads=3, head_dim=8,
+                intermediate_size=256, vocab_size=100)
+ALPHA = 0.8
+
+
+def _space(scores: bool = True, **kw) -> SearchSpace:
+    rng = np.random.default_rng(1)
+    unit_scores = tuple(UnitScores(rng.random(9) + 0.01, rng.random(3) + 0.01, rng.random(256) + 0.01)
+                        for _ in range(BASE.num_layers)) if scores else None
+    return SearchSpace(BASE, unit_scores, mlp_multiple=16, alpha=ALPHA, **kw)
+
+
+def _importance(seed: int = 0) -> list[LayerImportance]:
+    gen = torch.Generator().manual_seed(seed)
+    return [LayerImportance(torch.rand(9, generator=gen), torch.rand(3, generator=gen), torch.rand(256, generator=gen))
+            for _ in range(BASE.num_layers)]
+
+
+def _seeds(budget: Budget, space: SearchSpace):
+    """The uniform seeds, walked into the budget as generation 0 does."""
+    rng = np.random.default_rng(0)
+    seeds = (repair(s, space, budget, rng) for s in seed_genomes(BASE, _importance(), space, budget))
+    return [s for s in seeds if s is not None]
+
+
+def _budget(ratio: float = 0.7, tolerance: float = 0.02) -> Budget:
+    return make_budget(BASE, ratio, EvolutionOptions(tolerance=tolerance), None)
+
+
+@pytest.mark.parametrize("scores", [True, False], ids=["importance", "uniform"])
+def test_mutated_masks_keep_alpha_of_their_parent_and_stay_gqa_legal(scores):
+    space, budget = _space(scores), _budget()
+    rng = np.random.default_rng(0)
+    strong = Rates(mask=0.9, ratio=0.6, depth=0.3)
+    checked_heads = checked_mlp = changed = 0
+    for parent in _seeds(budget, space):
+        for _ in range(40):
+            child = mutate(parent, space, strong, rng)
+            if not any(g.has_attention for g in child):  # the budget rejects these; nothing to build
+                continue
+            genome_spec(child, BASE)  # raises on a GQA-illegal head set or a bad width
+            for old, new in zip(parent, child):
+                if old.has_attention and new.has_attention:
+                    shared = len(set(old.q_heads) & set(new.q_heads))
+                    assert shared >= overlap_floor(len(old.q_heads), len(new.q_heads), ALPHA)
+                    groups = kv_groups(new.q_heads, BASE)
+                    assert len(new.q_heads) % len(groups) == 0  # the same heads per kept group
+                    checked_heads += 1
+                if old.has_mlp and new.has_mlp:
+                    shared = len(set(old.mlp_channels) & set(new.mlp_channels))
+                    assert shared >= overlap_floor(len(old.mlp_channels), len(new.mlp_channels), ALPHA)
+                    assert len(new.mlp_channels) in space.widths()
+                    checked_mlp += 1
+                changed += old != new
+            parent = child  # walk: overlap must hold step after step, not only from the seed
+    assert checked_heads > 100 and checked_mlp > 100 and changed > 100
+
+
+def test_the_overlap_floor_is_feasible_below_alpha():
+    # Algorithm 1 as printed (threshold alpha * N) cannot keep a mask at ratio 0.5 < alpha; ours must.
+    space = _space()
+    rng = np.random.default_rng(3)
+    parent = LayerGene(tuple(range(9)), tuple(range(0, 256, 2)))  # 128 of 256 channels
+    genome = (parent,) * BASE.num_layers
+    swaps = 0
+    for _ in range(30):
+        child = mutate(genome, space, Rates(mask=1.0, ratio=0.0, depth=0.0), rng)[0]
+        assert len(child.mlp_channels) == 128
+        shared = len(set(child.mlp_channels) & set(parent.mlp_channels))
+        assert overlap_floor(128, 128, ALPHA) <= shared
+        swaps += shared < 128
+    assert swaps > 20  # a mask mutation really swaps channels
+
+
+def test_repaired_mutants_fall_inside_the_parameter_window():
+    space, budget = _space(), _budget(ratio=0.6, tolerance=0.02)
+    rng = np.random.default_rng(5)
+    seeds = _seeds(budget, space)
+    assert seeds and all(0.58 - 1e-9 <= genome_ratio(s, BASE) <= 0.6 + 1e-9 for s in seeds)
+    fitted = 0
+    for i in range(200):
+        child = repair(mutate(seeds[i % len(seeds)], space, Rates(0.6, 0.5, 0.3), rng), space, budget, rng)
+        if child is not None:
+            assert 0.58 - 1e-9 <= genome_ratio(child, BASE) <= 0.6 + 1e-9
+            assert decoder_parameters(genome_spec(child, BASE)) == genome_parameters(child, BASE)
+            fitted += 1
+    assert fitted > 150
+
+
+def test_a_latency_budget_is_met_by_the_predicted_speed_up():
+    # a table where cost follows parameters: MLP by width, attention by heads; a constant for the rest
+    table = LatencyTable(attention={shape_key(s): 1e-4 * s.num_heads + 0.5e-4 * s.num_kv_heads for s in attention_shapes(BASE)},
+                         mlp={w: 2e-6 * w for w in _space().widths()}, constant=1e-3, dense_step=0.0, context=64)
+    full = table.attention["3x3"] + table.mlp[256]
+    table = LatencyTable(table.attention, table.mlp, table.constant, 1e-3 + BASE.num_layers * full, 64)
+    options = EvolutionOptions(latency_speedup=1.5, latency_tolerance=0.05)
+    budget = make_budget(BASE, 0.9, options, table)
+    space, rng = _space(), np.random.default_rng(2)
+    seeds = _seeds(budget, space)
+    assert seeds
+    for genome in seeds + [repair(mutate(seeds[0], space, Rates(0.5, 0.5, 0.3), rng), space, budget, rng)
+                           for _ in range(50)]:
+        if genome is None:
+            continue
+        assert 1.5 <= budget.speedup(genome) <= 1.5 * 1.05 + 1e-9
+        assert genome_ratio(genome, BASE) <= 0.9 + 1e-9
+
+
+def test_crossover_children_are_legal_models_with_every_layer_from_a_parent():
+    model = tiny_model("llama")
+    base = adapter_for(model.config).dims(model.config)
+    space = SearchSpace(base, None, mlp_multiple=8)
+    budget = make_budget(base, 0.7, EvolutionOptions(tolerance=0.1), None)
+    importance = [LayerImportance(torch.rand(6), torch.rand(2), torch.rand(64)) for _ in range(base.num_layers)]
+    rng = np.random.default_rng(4)
+    pool = [mutate(s, space, Rates(0.8, 0.8, 0.5), rng) for s in seed_genomes(base, importance, space, budget)
+            for _ in range(4)]
+    ids = torch.randint(0, 100, (1, 12))
+    for _ in range(20):
+        a, b = (pool[int(i)] for i in rng.choice(len(pool), 2, replace=False))
+        child = crossover(a, b, rng)
+        assert all(c in (x, y) for c, x, y in zip(child, a, b))
+        if not any(g.has_attention for g in child):
+            continue
+        logits = slice_model(model, genome_spec(child, base)).eval()(ids).logits
+        assert torch.isfinite(logits).all()
+
+
+def test_the_scorer_matches_the_sliced_model_also_from_its_prefix_cache():
+    model = tiny_model("llama")
+    base = adapter_for(model.config).dims(model.config)
+    windows = torch.randint(0, 100, (3, 24), generator=torch.Generator().manual_seed(0))
+    space = SearchSpace(base, None, mlp_multiple=8)
+    importance = [LayerImportance(torch.rand(6), torch.rand(2), torch.rand(64)) for _ in range(base.num_layers)]
+    seed = seed_genomes(base, importance, space, make_budget(base, 0.7, EvolutionOptions(tolerance=0.1), None))[0]
+    skipping = (seed[0], LayerGene(seed[1].q_heads, seed[1].mlp_channels, attention=False), seed[2],
+                LayerGene(seed[3].q_heads, seed[3].mlp_channels, kept=False))
+    sibling = seed[:3] + (LayerGene(seed[3].q_heads, seed[3].mlp_channels[:8]),)  # shares 3 leading layers
+    scorer = CandidateScorer(model, windows)
+    reused = []
+    for genome in (seed, skipping, sibling):
+        spec = genome_spec(genome, base)
+        expected = calibration_perplexity(slice_model(model, spec), windows)
+        before = scorer.stats.layers_reused
+        assert scorer.perplexity(spec) == pytest.approx(expected, rel=1e-4)
+        reused.append(scorer.stats.layers_reused - before)
+    assert reused == [0, 1, 3]  # each started after the leading layers it shares with one scored before
+
+
+def _context(tmp_path, name):
+    model = tiny_model("llama")
+    adapter = adapter_for(model.config)
+    windows = torch.randint(3, 100, (4, 32), generator=torch.Generator().manual_seed(1))
+    out, state = tmp_path / name / "out", tmp_path / name / "state"
+    out.mkdir(parents=True)
+    state.mkdir(parents=True)
+    return MethodContext(model=model, tokenizer=None, adapter=adapter, base=adapter.dims(model.config),
+                         calibration=windows, seed=7, progress=False, out_dir=out, state_dir=state)
+
+
+OPTIONS = EvolutionOptions(population=4, mutations=2, crossovers=1, parents=2, generations=2, fitness_windows=2,
+                           fitness_seqlen=16, mlp_multiple=8, tolerance=0.1)
+
+
+def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_one_does(
+        tmp_path, monkeypatch):
+    whole = run_evolution(_context(tmp_path, "whole"), 0.7, OPTIONS)
+    log = (tmp_path / "whole" / "out" / "search.jsonl").read_text().splitlines()
+    assert [json.loads(row)["generation"] for row in log] == [0, 1, 2]
+    assert (tmp_path / "whole" / "out" / "convergence.png").stat().st_size > 1000
+
+    scored, first_generation = [], json.loads(log[0])["scored"]
+    original = CandidateScorer.perplexity
+
+    def interrupted(self, spec):
+        if len(scored) == first_generation + 1:  # a little into generation 1
+            raise KeyboardInterrupt
+        scored.append(spec)
+        return original(self, spec)
+
+    ctx = _context(tmp_path, "cut")
+    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_evolution(ctx, 0.7, OPTIONS)
+    checkpoint = json.loads((ctx.state_dir / "evolution.json").read_text())
+    assert 0 <= checkpoint["generation"] < OPTIONS.generations
+
+    rescored = []
+
+    def counted(self, spec):
+        rescored.append(spec)
+        return original(self, spec)
+
+    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity", counted)
+    resumed = run_evolution(ctx, 0.7, OPTIONS)
+    assert resumed.metrics["resumed_from_generation"] == checkpoint["generation"]
+    assert resumed.metrics["candidates_scored"] == whole.metrics["candidates_scored"]
+    assert len(rescored) == whole.metrics["candidates_scored"] - len(checkpoint["seen"])  # nothing scored twice
+    assert resumed.spec.to_dict() == whole.spec.to_dict()
+    assert resumed.metrics["search_ppl"] == pytest.approx(whole.metrics["search_ppl"], rel=1e-6)
+    rows = [json.loads(r) for r in (ctx.out_dir / "search.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == [0, 1, 2]  # the log still covers every generation
+    assert whole.metrics["search_ppl"] <= whole.metrics["seed_ppl"]
+
+
+def test_a_checkpoint_of_another_search_is_not_resumed(tmp_path):
+    ctx = _context(tmp_path, "a")
+    run_evolution(ctx, 0.7, OPTIONS)
+    (ctx.state_dir / "evolution.json").write_text(json.dumps({"fingerprint": "other", "generation": 3}))
+    again = run_evolution(ctx, 0.7, OPTIONS)
+    assert again.metrics["resumed_from_generation"] is None and again.metrics["generations"] == OPTIONS.generations
+
+
+def test_sculpt_run_with_method_evolution_writes_the_spec_log_and_plot(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from tests.factories import tiny_checkpoint
+
+    model = tiny_checkpoint(tmp_path / "model")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i % 13}." for i in range(300)))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("search:\n  method: evolution\n  options: {population: 4, mutations: 2, crossovers: 1, "
+                      "parents: 2, generations: 1, fitness_windows: 2, fitness_seqlen: 16, mlp_multiple: 8}\n")
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--model", str(model), "--calib-corpus", str(corpus),
+                                      "--eval-corpus", str(corpus), "--calib-samples", "2", "--calib-seqlen", "32",
+                                      "--ratio", "0.6", "--stages", "search", "--out", str(tmp_path / "art"), "--quiet"],
+                                env={"SCULPT_DATA_DIR": None}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stage = tmp_path / "art" / "v0001" / "search"
+    spec = json.loads((stage / "arch.json").read_text())
+    assert spec["notes"]["method"] == "evolution"
+    assert len((stage / "search.jsonl").read_text().splitlines()) == 2
+    assert (stage / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((tmp_path / "art" / "v0001" / "manifest.json").read_text())
+    metrics = manifest["stages"][0]["metrics"]
+    assert 0.59 - 1e-6 <= metrics["decoder_ratio"] <= 0.6 + 1e-6
