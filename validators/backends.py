@@ -105,7 +105,10 @@ def _check_onnxruntime(files: ModelFiles) -> None:
 
 
 def _open_onnxruntime(files: ModelFiles) -> MeasuredRunner:
-    return _runner_class("validators.ort_runner", "OrtRunner").from_export_dir(files.export)
+    runner = _runner_class("validators.ort_runner", "OrtRunner")
+    if files.device == "cpu":
+        return runner.from_export_dir(files.export)
+    return runner.from_export_dir(files.export, device=files.device)  # CUDA provider, KV cache kept on the GPU
 
 
 def engine_files(build: Path) -> list[Path]:
