@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from pipeline.recipe import Recipe, load_recipe
 
@@ -31,3 +32,20 @@ def test_gpu_examples_load_with_the_export_and_build_sections(name):
     recipe = load_recipe(EXAMPLES / name)
     assert recipe.build.target == "trt-10.3" and recipe.export.precision == "fp16"
     assert recipe.validate_.gates.parity_tolerance is not None
+
+
+def test_the_recipe_reference_documents_every_key():
+    reference = (EXAMPLES.parents[1] / "docs" / "recipes.md").read_text()
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            key = field.alias or name
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                yield from keys(annotation, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    missing = [key for key in keys(Recipe) if f"`{key}`" not in reference and f"`{key.rsplit('.', 1)[-1]}`" not in reference
+               and not key.startswith(("export.", "build."))]  # documented in docs/export.md
+    assert not missing
