@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import SculptError
+from .errors import GateFailure, SculptError
 
 # (flag, recipe key, click type, help)
 RECIPE_FLAGS = [
@@ -46,6 +46,20 @@ RECIPE_FLAGS = [
      "TensorRT version the edge kit and the lint aim at."),
     ("--build-precision", "build.precision", click.Choice(["fp32", "fp16", "bf16"]), "TensorRT engine precision."),
     ("--out", "output", str, "Root directory of artifact versions."),
+    ("--backends", "validate.backends", str, "Backends to validate on: auto (every one available for the artifact) "
+                                             "or a comma list of torch, onnxruntime, tensorrt (each required)."),
+    ("--max-ppl-increase", "validate.gates.max_ppl_increase", float, "Gate: max perplexity increase over the "
+                                                                     "source, in percent."),
+    ("--parity-tolerance", "validate.gates.parity_tolerance", float, "Gate: max perplexity difference of each "
+                                                                     "backend from torch, in percent."),
+    ("--min-speedup", "validate.gates.min_speedup", float, "Gate: min decode tokens/s speed-up over the source, "
+                                                           "at every decode batch size."),
+    ("--max-memory", "validate.gates.max_memory", str, "Gate: max peak memory the model adds, per backend "
+                                                       "(bytes or e.g. 512MiB, 2GB)."),
+    ("--baseline", "validate.baseline", str, "Compare with this artifact version (or the latest under this "
+                                             "directory); a perplexity regression beyond the tolerance fails."),
+    ("--baseline-tolerance", "validate.baseline_tolerance", float, "Perplexity regression allowed against "
+                                                                   "--baseline, in percent."),
 ]
 
 
@@ -70,11 +84,19 @@ def progress_flag(func):
 
 
 class SculptGroup(click.Group):
-    """Turns SculptError into one line and exit status 1; a bug gets one line unless SCULPT_DEBUG is set."""
+    """Turns SculptError into one line and exit status 1, a failed gate into one line per gate and exit
+    status 3; a bug gets one line (exit 70) unless SCULPT_DEBUG is set."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except GateFailure as failure:
+            for line in failure.failures:
+                click.secho(f"FAIL {line}", fg="red", err=True)
+            where = f" in {failure.artifact.path}" if failure.artifact is not None else ""
+            click.secho(f"gates failed: {len(failure.failures)} gate check(s) failed{where} "
+                        f"(exit status {failure.exit_code}; see validate/report.md)", fg="red", err=True)
+            sys.exit(failure.exit_code)
         except SculptError as err:
             click.secho(f"error: {err}", fg="red", err=True)
             sys.exit(err.exit_code)
@@ -104,7 +126,7 @@ def cli() -> None:
       slice     physically remove what was cut; save a HF checkpoint that loads anywhere
       export    ONNX with a KV cache, checked against PyTorch through ONNX Runtime
       build     edge build kit (always) and a TensorRT engine (where TensorRT and a GPU are)
-      validate  perplexity, size and parameters, before and after
+      validate  perplexity, parity, latency, memory and size on every backend; gates
 
     \b
     Quick start (offline, the default model SmolLM2-135M):
@@ -112,7 +134,11 @@ def cli() -> None:
       sculpt run --ratio 0.8
       sculpt inspect artifacts/v0001
 
-    Every option is a recipe key: `sculpt run recipe.yaml --ratio 0.7` overrides the file.
+    Every option is a recipe key: `sculpt run recipe.yaml --ratio 0.7` overrides the file
+    (examples in examples/recipes/, reference in docs/recipes.md).
+
+    \b
+    Exit status: 0 done (gates passed), 1 error, 3 a quality gate failed, 70 a bug, 130 interrupted.
     """
     _quiet_transformers()
 
@@ -128,6 +154,7 @@ def run(recipe, stages, new, quiet, **params) -> None:
 
     RECIPE is an optional YAML file; flags override its keys. Running the same recipe again
     resumes its latest version: stages whose inputs and options are unchanged are skipped.
+    A failed gate (validate.gates, --baseline) exits with status 3 after the artifact is complete.
     """
     from .recipe import build_recipe, load_recipe
     from .workflow import run_pipeline
@@ -135,7 +162,11 @@ def run(recipe, stages, new, quiet, **params) -> None:
     overrides = overrides_from(params)
     spec = load_recipe(recipe, overrides) if recipe else build_recipe(None, overrides, where="options")
     names = [s.strip() for s in stages.split(",")] if stages else None
-    artifact = run_pipeline(spec, names, new=new, progress=not quiet)
+    try:
+        artifact = run_pipeline(spec, names, new=new, progress=not quiet)
+    except GateFailure as failure:
+        click.echo(result_table(failure.artifact.path))
+        raise
     click.echo(result_table(artifact.path))
 
 
@@ -147,8 +178,12 @@ def _stage_command(name: str, doc: str):
     def command(artifact, force, quiet, **params) -> None:
         from .workflow import run_stage
 
-        run_stage(artifact, name, overrides_from(params), force=force, progress=not quiet)
-        click.echo(f"{name} done in {artifact}")
+        try:
+            run_stage(artifact, name, overrides_from(params), force=force, progress=not quiet)
+        except GateFailure:
+            click.echo(result_table(Path(artifact)))
+            raise
+        click.echo(result_table(Path(artifact)) if name == "validate" else f"{name} done in {artifact}")
 
     command.__doc__ = doc
     command.__name__ = name
@@ -164,7 +199,11 @@ _stage_command("export", "Export ARTIFACT's sliced model to ONNX with a KV cache
 _stage_command("build", """Write ARTIFACT's edge build kit, and build a TensorRT engine where TensorRT and a GPU are.
 
     Without them the build is recorded as skipped; the kit in ARTIFACT/kit builds the engine on the target.""")
-_stage_command("validate", "Measure ARTIFACT's sculpted model against its source.")
+_stage_command("validate", """Measure ARTIFACT's sculpted model on every available backend and apply the gates.
+
+    Perplexity, parity between backends, latency, memory and size, against the source model
+    and optionally a --baseline artifact. Changing only gates or the baseline re-uses the
+    measurements. Exit status 3 when a gate fails.""")
 
 
 @cli.command()
@@ -197,11 +236,41 @@ def lint(onnx_path, targets) -> None:
 @cli.command()
 @click.argument("artifact", type=click.Path(file_okay=False))
 def inspect(artifact) -> None:
-    """Print a readable summary of ARTIFACT: source, recipe, stages, metrics, files."""
+    """Print a readable summary of ARTIFACT: source, recipe, stages, metrics, files, and its validation report."""
     from .artifacts import summary
+    from .stages.validate.report import report_text
 
     _require_dir(artifact)
     click.echo(summary(Path(artifact)))
+    text = report_text(Path(artifact))
+    if text:
+        click.echo(f"\nvalidation report (validate/report.md)\n{text}")
+
+
+@cli.command(name="list")
+@click.argument("root", type=click.Path(file_okay=False), default="artifacts")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version instead of a table.")
+def list_command(root, as_json) -> None:
+    """List the versions under ROOT (default: artifacts) with their key metrics, oldest first.
+
+    \b
+    ratio     decoder parameters kept (search)      ppl      sculpted perplexity (validate)
+    params    sculpted model parameters              change   perplexity vs the source
+    speed-up  decode tokens/s vs the source          status   passed, gates failed, failed, incomplete
+    """
+    import json as json_module
+
+    from .artifacts.listing import format_listing, version_rows
+
+    _require_dir(root)
+    rows = version_rows(Path(root))
+    if not rows:
+        raise SculptError(f"{root} holds no artifact versions: run `sculpt run --out {root}` first")
+    if as_json:
+        for row in rows:
+            click.echo(json_module.dumps(row))
+    else:
+        click.echo(format_listing(rows))
 
 
 @cli.command()
@@ -234,32 +303,13 @@ def methods() -> None:
 
 
 def result_table(path: Path) -> str:
-    """Before/after table of a finished run (what `sculpt run` prints last)."""
-    from .artifacts import read_manifest
+    """The validation report of a finished run (what `sculpt run` prints last)."""
+    from .stages.validate.report import report_text
 
-    manifest = read_manifest(path)
-    validate = manifest.record("validate")
-    lines = [f"artifact: {path}"]
-    if validate is None or validate.status != "done":
-        return "\n".join(lines + ["(validate did not run: no before/after table)"])
-    m = validate.metrics
-    rows = [("parameters", m.get("params_source"), m["params"], _count),
-            ("weights on disk", m.get("checkpoint_bytes_source"), m["checkpoint_bytes"], _size),
-            ("perplexity", m.get("ppl_source"), m["ppl"], lambda v: f"{v:.3f}")]
-    lines.append(f"{'':18}{'source':>14}{'sculpted':>14}{'change':>10}")
-    for label, before, after, fmt in rows:
-        change = f"{100 * (after / before - 1):+.1f} %" if before else ""
-        lines.append(f"{label:18}{fmt(before) if before else '-':>14}{fmt(after):>14}{change:>10}")
-    lines.append(f"(perplexity: {m['eval_tokens']} tokens of the evaluation split; see validate/report.json)")
-    return "\n".join(lines)
-
-
-def _count(value: float) -> str:
-    return f"{value / 1e6:.1f} M"
-
-
-def _size(value: float) -> str:
-    return f"{value / 2**20:.1f} MiB"
+    text = report_text(path)
+    if text is None:
+        return f"artifact: {path}\n(validate did not run: no report)"
+    return f"artifact: {path}\n{text}"
 
 
 def _require_dir(path: str) -> None:

@@ -3,6 +3,9 @@
     from pipeline.recipe import build_recipe
     from pipeline.workflow import run_pipeline
     artifact = run_pipeline(build_recipe(overrides={"search.ratio": 0.7}))
+
+A failed quality gate raises `GateFailure` (exit status 3 in the CLI) after every selected
+stage has run and been recorded; `gate_failures(artifact)` reads the verdict of any version.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Iterable
 from .artifacts import Artifact, latest_version, read_manifest
 from .compress import get_method, parse_options
 from .data import load_corpus, resolve_data_dir
-from .errors import SculptError
+from .errors import GateFailure, SculptError
 from .models.loading import describe_source, file_sha256
 from .recipe import Recipe, build_recipe
 from .stages import STAGE_NAMES, STAGES, StageContext
@@ -76,6 +79,10 @@ def preflight(recipe: Recipe) -> None:
     for name, split in ((recipe.data.calibration, "calibration"), (recipe.data.evaluation, "evaluation")):
         load_corpus(name, split, data_dir)
     parse_options(get_method(recipe.search.method), recipe.search.options)
+    if recipe.validate_.baseline:
+        from .stages.validate.baseline import load_baseline
+
+        load_baseline(recipe.validate_.baseline)  # a wrong path fails now, not after an hour of search
 
 
 def run_pipeline(recipe: Recipe, stages: Iterable[str] | None = None, new: bool = False,
@@ -87,6 +94,8 @@ def run_pipeline(recipe: Recipe, stages: Iterable[str] | None = None, new: bool 
     ctx = StageContext(artifact, recipe, progress)
     ctx.say(f"{'resuming' if resumed else 'artifact'} {artifact.path}")
     run_stages(ctx, selected)
+    if any(stage.NAME == "validate" for stage in selected):
+        enforce_gates(artifact)
     return artifact
 
 
@@ -97,4 +106,23 @@ def run_stage(artifact_path: str | Path, stage: str, overrides: dict | None = No
     recipe = build_recipe(artifact.manifest.recipe, overrides, where=f"recipe of {artifact.path}")
     ctx = StageContext(artifact, recipe, progress)
     run_stages(ctx, select_stages([stage]), force=force)
+    if stage == "validate":
+        enforce_gates(artifact)
     return artifact
+
+
+def gate_failures(artifact: Artifact | str | Path) -> list[str]:
+    """One line per failed gate check of the version's recorded validate stage (empty when it passed or
+    has not run)."""
+    manifest = read_manifest(artifact.path if isinstance(artifact, Artifact) else Path(artifact))
+    record = manifest.record("validate")
+    if record is None or record.status != "done" or record.metrics.get("gates_passed", True):
+        return []
+    return list(record.metrics.get("failed_gates") or ["a gate failed (see validate/report.md)"])
+
+
+def enforce_gates(artifact: Artifact) -> None:
+    """Raise GateFailure when the version's validate stage recorded a failed gate."""
+    failures = gate_failures(artifact)
+    if failures:
+        raise GateFailure(failures, artifact)

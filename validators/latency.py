@@ -3,6 +3,9 @@
 Every measurement warms up first, then repeats and reports the median with its spread
 (10th/90th percentiles): single timings on a shared machine are noise. Compare ratios
 measured in the same process, not absolute numbers across runs.
+
+The torch functions take a model; `time_decode` times any backend's prefill/step callables,
+so every runner reports decode throughput the same way.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
+
+State = TypeVar("State")
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,14 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _ids(model: torch.nn.Module, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+def random_ids(vocab_size: int, batch: int, length: int, seed: int = 0) -> torch.LongTensor:
+    """Seeded token ids [batch, length] on the CPU: the same prompt for every backend and every run."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, model.config.vocab_size, (batch, length), generator=generator).to(_device(model))
+    return torch.randint(0, vocab_size, (batch, length), generator=generator)
+
+
+def _ids(model: torch.nn.Module, batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return random_ids(model.config.vocab_size, batch, length, seed).to(_device(model))
 
 
 @torch.no_grad()
@@ -77,6 +87,26 @@ class DecodeResult:
         return {**asdict(self), "step": self.step.as_dict()}
 
 
+def time_decode(prefill: Callable[[], State], step: Callable[[State], State], batch: int, prompt_len: int,
+                new_tokens: int, warmup: int = 1, repeats: int = 3, sync: Callable[[], None] = lambda: None
+                ) -> DecodeResult:
+    """Decode tokens/s of any backend: `prefill()` fills a KV cache (untimed), then `new_tokens` calls of
+    `step(state) -> state`, each adding one token per sequence, are timed; warm-up loops first."""
+    samples: list[float] = []
+    for index in range(warmup + repeats):
+        state = prefill()
+        sync()
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            state = step(state)
+        sync()
+        if index >= warmup:
+            samples.append((time.perf_counter() - start) / new_tokens)
+    timing = summarise(samples)
+    return DecodeResult(tokens_per_s=batch / timing.median_s, step=timing, batch=batch, prompt_len=prompt_len,
+                        new_tokens=new_tokens)
+
+
 @torch.no_grad()
 def decode_throughput(model: torch.nn.Module, batch: int = 1, prompt_len: int = 32, new_tokens: int = 32,
                       warmup: int = 1, repeats: int = 3) -> DecodeResult:
@@ -84,25 +114,26 @@ def decode_throughput(model: torch.nn.Module, batch: int = 1, prompt_len: int = 
     ids = _ids(model, batch, prompt_len)
     device = _device(model)
 
-    def decode_loop() -> None:
+    def prefill():
         out = model(ids, use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            out = model(token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) / new_tokens)
+        return out.past_key_values, out.logits[:, -1:].argmax(-1)
 
-    samples: list[float] = []
-    for _ in range(warmup):
-        decode_loop()
-    samples.clear()
-    for _ in range(repeats):
-        decode_loop()
-    step = summarise(samples)
-    return DecodeResult(tokens_per_s=batch / step.median_s, step=step, batch=batch, prompt_len=prompt_len,
-                        new_tokens=new_tokens)
+    def step(state):
+        cache, token = state
+        out = model(token, past_key_values=cache, use_cache=True)
+        return out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return time_decode(prefill, step, batch, prompt_len, new_tokens, warmup, repeats, sync)
+
+
+@torch.no_grad()
+def greedy_generate(model: torch.nn.Module, input_ids: torch.LongTensor, max_new_tokens: int) -> torch.LongTensor:
+    """Greedy continuation with a KV cache: the prompt followed by `max_new_tokens` new ids [B, L + new] (CPU)."""
+    ids = input_ids.to(_device(model))
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    tokens = [out.logits[:, -1:].argmax(-1)]
+    for _ in range(max_new_tokens - 1):
+        out = model(tokens[-1], past_key_values=out.past_key_values, use_cache=True)
+        tokens.append(out.logits[:, -1:].argmax(-1))
+    return torch.cat([ids, *tokens], dim=1).cpu()

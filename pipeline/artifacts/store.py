@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from ..errors import SculptError
 from .hashing import content_hash, fsync_dir, relative_name, sha256_file, tree_files
 from .locking import WriterLock
+from .recipe_copy import write_recipe_copy
 from .manifest import (Manifest, OutputFile, SourceModel, StageRecord, library_versions, llm_sculpt_version,
                        read_manifest, to_jsonable, utc_now, write_manifest)
 from .versions import make_version_dir
@@ -51,7 +52,7 @@ class Artifact:
     @classmethod
     def create(cls, root: str | os.PathLike, *, source: Mapping[str, Any],
                recipe: Mapping[str, Any] | None = None) -> Artifact:
-        """A new version under `root` (`v0001` if it is the first), with its manifest written."""
+        """A new version under `root` (`v0001` if it is the first), with its manifest (and `recipe.yaml`) written."""
         try:
             source_model = SourceModel.model_validate(to_jsonable(dict(source), "source"))
         except ValidationError as exc:
@@ -64,6 +65,8 @@ class Artifact:
                             llm_sculpt_version=llm_sculpt_version(), source=source_model, recipe=recipe_data,
                             versions=library_versions(), stages=[], content_hash=content_hash([]))
         with artifact._lock.hold("create"):
+            if recipe_data:
+                write_recipe_copy(artifact.path, recipe_data)  # before the manifest: a version is complete with it
             write_manifest(artifact.path, manifest)
         return artifact
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import SculptError
 from .hashing import content_hash, sha256_file
 from .manifest import PIPELINE, Manifest, read_manifest
+from .recipe_copy import recipe_copy_problems
 
 
 def verify(path: str | os.PathLike) -> list[str]:
@@ -18,7 +19,7 @@ def verify(path: str | os.PathLike) -> list[str]:
     except SculptError as exc:
         return [str(exc)]
     return [*_changed_outputs(directory, manifest), *_content_hash(manifest), *_unrecorded(directory, manifest),
-            *_stale_inputs(manifest)]
+            *_stale_inputs(manifest), *recipe_copy_problems(directory, manifest.recipe)]
 
 
 def _changed_outputs(directory: Path, manifest: Manifest) -> list[str]:

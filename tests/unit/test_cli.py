@@ -22,7 +22,10 @@ def tiny_run(tmp_path):
     model = tiny_checkpoint(tmp_path / "model")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS)
-    args = ["run", "--model", str(model), "--calib-corpus", str(corpus), "--eval-corpus", str(corpus),
+    recipe = tmp_path / "recipe.yaml"  # a short validate workload: these tests are about the CLI, not timings
+    recipe.write_text("validate:\n  prefill_lengths: [16]\n  decode_batch_sizes: [1]\n  decode_new_tokens: 4\n"
+                      "  repeats: 1\n  memory: false\n")
+    args = ["run", str(recipe), "--model", str(model), "--calib-corpus", str(corpus), "--eval-corpus", str(corpus),
             "--calib-samples", "4", "--calib-seqlen", "32", "--seq-len", "64", "--max-windows", "2",
             "--ratio", "0.6", "--out", str(tmp_path / "artifacts"), "--quiet"]
     return tmp_path, args

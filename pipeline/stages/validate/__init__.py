@@ -1,0 +1,191 @@
+"""validate: measure the sculpted model on every backend available for the artifact, compare it
+with its source (and optionally a baseline artifact), and apply the recipe's gates.
+
+Per backend (torch always; ONNX Runtime when the export stage ran; TensorRT when the build stage
+made an engine): perplexity on the evaluation split, prefill latency, decode tokens/s, peak
+memory, size on disk; parity of each backend with torch on fixed prompts. The dense source is
+measured with torch (or taken from the cache, see `source_cache`). Writes `validate/report.json`,
+`report.md` and PNG charts; the manifest records the headline metrics and the gates' verdict.
+A failed gate does not fail the stage (its measurements are valid): `pipeline.workflow`
+turns the recorded verdict into exit status 3.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from validators.backends import BACKEND_NAMES, ModelFiles, open_runner, resolve_backends
+from validators.gates import check_baseline, check_gates
+from validators.parity import compare_runners, prompt_ids
+from validators.runners import TorchRunner
+
+from ...artifacts.hashing import sha256_file
+from ...artifacts.manifest import StageRecord, to_jsonable
+from ...data import evaluation_ids, load_corpus
+from ...errors import SculptError
+from ...models.loading import describe_source
+from ..context import StageContext
+from . import source_cache
+from .baseline import Baseline, comparability_problem, load_baseline
+from .charts import write_charts
+from .measure import Workload, measure_backend, parameter_count, weights_bytes
+from .report import MEASURED_KEYS, build_report, headline_metrics, markdown, verdict_metrics
+
+NAME = "validate"
+REPORT = "report.json"
+GATE_KEYS = {"gates", "baseline", "baseline_tolerance", "baseline_speed_tolerance"}
+
+
+def measure_options(ctx: StageContext) -> dict:
+    """What the measurements depend on (changing a gate or the baseline re-uses them)."""
+    section = ctx.recipe.validate_
+    corpus = load_corpus(ctx.recipe.data.evaluation, "evaluation", ctx.data_dir)
+    return {"evaluation": {"corpus": corpus.name, "sha256": corpus.sha256},
+            **section.model_dump(mode="json", exclude=GATE_KEYS), "batch_size": ctx.recipe.data.batch_size,
+            "model": ctx.model_options()}
+
+
+def options(ctx: StageContext) -> dict:
+    section = ctx.recipe.validate_
+    baseline = None
+    if section.baseline:
+        found = load_baseline(section.baseline)
+        baseline = {**found.as_dict(), "tolerance_pct": section.baseline_tolerance,
+                    "speed_tolerance_pct": section.baseline_speed_tolerance}
+    return {"measure": measure_options(ctx), "gates": section.gates.active(), "baseline": baseline}
+
+
+def inputs(ctx: StageContext) -> list[str]:
+    ctx.artifact.require("slice")
+    files = ["slice/model"]
+    wanted = ctx.recipe.validate_.backends
+    for stage, backend in (("export", "onnxruntime"), ("build", "tensorrt")):
+        if _done(ctx, stage) and (wanted == "auto" or backend in wanted):
+            files.append(stage)
+    return files
+
+
+def run(ctx: StageContext) -> None:
+    section = ctx.recipe.validate_
+    opts, files = options(ctx), inputs(ctx)
+    baseline = load_baseline(section.baseline) if section.baseline else None
+    if baseline is not None and (problem := comparability_problem(opts["measure"], baseline)):
+        raise SculptError(problem)
+    previous = ctx.artifact.record(NAME)
+    with ctx.artifact.stage(NAME, options=opts, inputs=files) as st:
+        measured = _previous_measurements(ctx, previous, opts, st.inputs)
+        if measured is None:
+            measured = measure_all(ctx)
+        else:
+            ctx.say("  measurements reused from the previous validate run: only gates or the baseline changed")
+        metrics = headline_metrics(measured)
+        results = check_gates(metrics, section.gates.active())
+        compared = None
+        if baseline is not None:
+            results += check_baseline(metrics, baseline.metrics, str(baseline.path), section.baseline_tolerance,
+                                      section.baseline_speed_tolerance)
+            compared = _baseline_block(baseline, metrics, section)
+        report = to_jsonable(build_report(measured, metrics, results, compared, ctx.artifact.version), "report")
+        charts = write_charts(report, st.dir)
+        (st.dir / REPORT).write_text(json.dumps(report, indent=1) + "\n")
+        (st.dir / "report.md").write_text(markdown(report, charts))
+        st.metrics.update(verdict_metrics(metrics, results, compared))
+        for result in results:
+            ctx.say(f"  gate {result.line()}")
+
+
+def model_files(ctx: StageContext) -> ModelFiles:
+    """The sculpted model's files for each backend: the checkpoint, the export, the build (when done)."""
+    path = ctx.artifact.path
+    return ModelFiles(checkpoint=path / "slice" / "model", export=path / "export" if _done(ctx, "export") else None,
+                      build=path / "build" if _done(ctx, "build") else None, dtype=ctx.recipe.model.dtype,
+                      device=ctx.recipe.model.device)
+
+
+def measure_all(ctx: StageContext) -> dict:
+    """Every measurement of the report: the sculpted model on each backend, parity, the source."""
+    from transformers import AutoTokenizer
+
+    section = ctx.recipe.validate_
+    work = Workload.from_recipe(section, ctx.recipe.data.batch_size)
+    files = model_files(ctx)
+    available, unavailable = resolve_backends(section.backends, files)
+    for name, reason in unavailable.items():
+        ctx.say(f"  {name}: {reason}")
+    corpus = load_corpus(ctx.recipe.data.evaluation, "evaluation", ctx.data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(files.checkpoint)  # the source's tokenizer, saved by slice
+    ids = evaluation_ids(tokenizer, corpus, section.seq_len)
+    runners = {name: open_runner(name, files) for name in available}
+    sculpted = {name: measure_backend(runner, files, ids, work, ctx.say, ctx.progress, "sculpted")
+                for name, runner in runners.items()}
+    prompts = prompt_ids(tokenizer)
+    parity = {name: compare_runners(runners["torch"], runner, prompts, section.parity_new_tokens)
+              for name, runner in runners.items() if name != "torch"}
+    scored = sculpted["torch"]["perplexity"]
+    states = {name: "measured" if name in runners else unavailable[name] for name in BACKEND_NAMES
+              if name in runners or name in unavailable}
+    return {
+        "evaluation": {**corpus.provenance(), "seq_len": section.seq_len, "max_windows": section.max_windows,
+                       "windows": scored["windows"], "tokens": scored["tokens"]},
+        "workload": work.as_dict(),
+        "backends": states,
+        "sculpted": {"params": parameter_count(runners["torch"].model), "checkpoint_bytes":
+                     weights_bytes(files.checkpoint), "by_backend": sculpted},
+        "source": measure_source(ctx, ids, work) if section.compare_source else None,
+        "parity": parity,
+    }
+
+
+def measure_source(ctx: StageContext, ids, work: Workload) -> dict:
+    """The dense source with torch: from the cache when the key matches, else measured and cached."""
+    evaluation = ctx.recipe.data.evaluation
+    corpus = load_corpus(evaluation, "evaluation", ctx.data_dir)
+    key = source_cache.cache_key(_source_fingerprint(ctx), {"corpus": corpus.name, "sha256": corpus.sha256},
+                                 work.as_dict(), {"dtype": ctx.recipe.model.dtype, "device": ctx.recipe.model.device})
+    if ctx.recipe.validate_.cache_source and (cached := source_cache.load(key)) is not None:
+        ctx.say(f"  source: measurements from the cache ({cached['cache']['file']})")
+        return cached
+    loaded = ctx.source()
+    files = ModelFiles(checkpoint=loaded.checkpoint_dir, dtype=ctx.recipe.model.dtype, device=ctx.recipe.model.device)
+    measured = {"params": parameter_count(loaded.model), "checkpoint_bytes": weights_bytes(loaded.checkpoint_dir),
+                "by_backend": {"torch": measure_backend(TorchRunner(loaded.model), files, ids, work, ctx.say,
+                                                        ctx.progress, "source")}}
+    path = source_cache.save(key, measured)
+    return {**measured, "cache": {"file": str(path), "from_cache": False}}
+
+
+def _source_fingerprint(ctx: StageContext) -> str:
+    source = ctx.artifact.manifest.source
+    if source.sha256:
+        return f"sha256:{source.sha256}"
+    if source.kind == "dir":
+        return source_cache.checkpoint_fingerprint(Path(describe_source(ctx.recipe.model.source)["path"]))
+    return source_cache.checkpoint_fingerprint(ctx.source().checkpoint_dir)
+
+
+def _previous_measurements(ctx: StageContext, previous: StageRecord | None, opts: dict,
+                           input_hashes: dict[str, str]) -> dict | None:
+    """The last run's measurements when only gates or the baseline changed since (same settings, same inputs)."""
+    if previous is None or previous.status != "done" or previous.inputs != input_hashes:
+        return None
+    if previous.options.get("measure") != to_jsonable(opts["measure"], "options"):
+        return None
+    path = ctx.artifact.path / NAME / REPORT
+    recorded = previous.outputs.get(f"{NAME}/{REPORT}")
+    if recorded is None or not path.is_file() or sha256_file(path) != recorded.sha256:
+        return None
+    report = json.loads(path.read_text())
+    return {key: report.get(key) for key in MEASURED_KEYS}
+
+
+def _baseline_block(baseline: Baseline, metrics: dict, section) -> dict:
+    return {**baseline.as_dict(), "ppl": baseline.metrics["ppl"],
+            "ppl_change_pct": 100 * (metrics["ppl"] / baseline.metrics["ppl"] - 1),
+            "tolerance_pct": section.baseline_tolerance, "decode_speedup": baseline.metrics.get("decode_speedup"),
+            "speed_tolerance_pct": section.baseline_speed_tolerance}
+
+
+def _done(ctx: StageContext, stage: str) -> bool:
+    record = ctx.artifact.record(stage)
+    return record is not None and record.status == "done"

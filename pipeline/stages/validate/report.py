@@ -1,0 +1,277 @@
+"""The validate report: headline metrics from the measurements, the verdict, and its JSON/Markdown/text forms.
+
+`measured` (what `measure_all` returns) is plain data: evaluation, workload, backends, sculpted,
+source, parity. `headline_metrics` flattens it into the numbers gates, baselines, `sculpt list`
+and the manifest use. Everything here is pure (no model, no files) except `report_text`, which
+reads a version's report for the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from validators.gates import GateResult, format_size
+
+REPORT_SCHEMA = "llm-sculpt/validate-report"
+REPORT_SCHEMA_VERSION = 1
+MEASURED_KEYS = ("evaluation", "workload", "backends", "sculpted", "source", "parity")
+
+
+def headline_metrics(measured: dict[str, Any]) -> dict[str, Any]:
+    """The flat numbers of a report, in the order people read them (see docs/validate.md)."""
+    sculpted, source = measured["sculpted"], measured.get("source")
+    mine = sculpted["by_backend"]["torch"]
+    theirs = source["by_backend"]["torch"] if source else None
+    ppl = mine["perplexity"]["ppl"]
+    metrics: dict[str, Any] = {"ppl": ppl}
+    if theirs:
+        metrics["ppl_source"] = theirs["perplexity"]["ppl"]
+        metrics["ppl_increase_pct"] = 100 * (ppl / metrics["ppl_source"] - 1)
+    metrics["gates_passed"] = None  # filled by `verdict_metrics`; kept here for its place in the order
+    decode = _speedups(mine, theirs, "decode", lambda m, t: m["tokens_per_s"] / t["tokens_per_s"])
+    prefill = _speedups(mine, theirs, "prefill", lambda m, t: t["median_s"] / m["median_s"])
+    if decode:
+        metrics["decode_speedup"] = decode[min(decode, key=int)]
+    if prefill:
+        metrics["prefill_speedup"] = prefill[max(prefill, key=int)]
+    metrics["params"] = sculpted["params"]
+    if source:
+        metrics["params_source"] = source["params"]
+    metrics["checkpoint_bytes"] = sculpted["checkpoint_bytes"]
+    if source:
+        metrics["checkpoint_bytes_source"] = source["checkpoint_bytes"]
+    metrics["eval_tokens"] = mine["perplexity"]["tokens"]
+    metrics["ppl_by_backend"] = {name: r["perplexity"]["ppl"] for name, r in sculpted["by_backend"].items()}
+    metrics["parity"] = {name: {"ppl_diff_pct": 100 * (metrics["ppl_by_backend"][name] / ppl - 1),
+                                **{key: p[key] for key in ("max_abs_logit_diff", "top1_agreement", "greedy_match",
+                                                           "greedy_tokens")}}
+                         for name, p in measured.get("parity", {}).items()}
+    if decode:
+        metrics["decode_speedup_by_batch"] = decode
+    if prefill:
+        metrics["prefill_speedup_by_len"] = prefill
+    if "decode" in mine:
+        metrics["decode_tokens_per_s"] = {b: r["tokens_per_s"] for b, r in mine["decode"].items()}
+    memory = {name: r["memory"]["model_bytes"] for name, r in sculpted["by_backend"].items() if "memory" in r}
+    if memory:
+        metrics["memory_by_backend"] = memory
+    if theirs and "memory" in theirs:
+        metrics["memory_source"] = theirs["memory"]["model_bytes"]
+    metrics["size_by_backend"] = {name: r["size_bytes"] for name, r in sculpted["by_backend"].items()}
+    metrics["backends"] = [name for name, state in measured["backends"].items() if state == "measured"]
+    metrics["unavailable_backends"] = {n: s for n, s in measured["backends"].items() if s != "measured"}
+    if source:
+        metrics["source_from_cache"] = bool(source.get("cache", {}).get("from_cache"))
+    return metrics
+
+
+def _speedups(mine: dict, theirs: dict | None, kind: str, ratio) -> dict[str, float]:
+    if not theirs or kind not in mine or kind not in theirs:
+        return {}
+    return {key: ratio(mine[kind][key], theirs[kind][key]) for key in mine[kind] if key in theirs[kind]}
+
+
+def verdict_metrics(metrics: dict[str, Any], results: list[GateResult], baseline: dict | None) -> dict[str, Any]:
+    """The manifest's validate metrics: the headline plus the gates' verdict (and the baseline compared with)."""
+    failed = [r.line() for r in results if r.status == "failed"]
+    out = {**metrics, "gates_passed": not failed, "failed_gates": failed,
+           "gates": {r.label: r.status for r in results}}
+    if baseline is not None:
+        out["baseline"] = baseline
+    return out
+
+
+def build_report(measured: dict[str, Any], metrics: dict[str, Any], results: list[GateResult],
+                 baseline: dict | None, version: str) -> dict[str, Any]:
+    return {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION, "version": version,
+            **{key: measured.get(key) for key in MEASURED_KEYS}, "headline": metrics,
+            "gates": [r.as_dict() for r in results], "passed": all(r.status != "failed" for r in results),
+            "baseline": baseline}
+
+
+# --- text forms ------------------------------------------------------------------------------------------------
+
+def markdown(report: dict[str, Any], charts: list[str]) -> str:
+    lines = [f"# Validation report: {report['version']}", "", _evaluation_line(report), ""]
+    lines += ["## Verdict", "", _verdict_line(report), ""]
+    if report["gates"]:
+        lines += _md_table(("gate", "status", "detail"), _gate_rows(report)) + [""]
+    for title, (headers, rows) in _sections(report):
+        lines += [f"## {title}", "", *_md_table(headers, rows), ""]
+    lines += ["## Backends", ""] + [f"- **{name}**: {state}" for name, state in report["backends"].items()] + [""]
+    lines += [f"- {note}" for note in _notes(report)]
+    lines += [""] + [f"![{name}]({name})" for name in charts]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def terminal(report: dict[str, Any]) -> str:
+    """The report for a terminal: verdict, then the same tables as the Markdown, aligned."""
+    lines = [_evaluation_line(report), _verdict_line(report)]
+    lines += [f"  {label} {status}: {detail}" for label, status, detail in _gate_rows(report)]
+    for title, (headers, rows) in _sections(report):
+        lines += ["", title] + _text_table(headers, rows)
+    lines += [""] + [f"{name}: {state}" for name, state in report["backends"].items()]
+    lines += _notes(report)
+    return "\n".join(lines)
+
+
+def _evaluation_line(report: dict) -> str:
+    ev = report["evaluation"]
+    return (f"evaluation: {ev['corpus']} ({ev['split']} split), {ev['windows']} windows of {ev['seq_len']} tokens "
+            f"({ev['tokens']} tokens scored)")
+
+
+def _verdict_line(report: dict) -> str:
+    failed = [g for g in report["gates"] if g["status"] == "failed"]
+    if not report["gates"]:
+        return "verdict: no gates set (validate.gates); measurements only"
+    if failed:
+        return f"verdict: FAILED ({len(failed)} of {len(report['gates'])} gate checks failed)"
+    return f"verdict: PASSED ({len(report['gates'])} gate checks)"
+
+
+def _gate_rows(report: dict) -> list[tuple[str, str, str]]:
+    return [(g["gate"] + (f"[{g['subject']}]" if g["subject"] else ""), g["status"], g["detail"])
+            for g in report["gates"]]
+
+
+def _sections(report: dict) -> list[tuple[str, tuple[tuple[str, ...], list[tuple[str, ...]]]]]:
+    sections = [("Quality", _quality(report))]
+    if report.get("parity"):
+        sections.append(("Parity with torch (fixed prompts)", _parity(report)))
+    if "decode" in report["sculpted"]["by_backend"]["torch"]:
+        sections.append(("Speed (median [p10-p90])", _speed(report)))
+    sections.append(("Memory and size", _footprint(report)))
+    if report.get("baseline"):
+        sections.append(("Baseline", _baseline(report)))
+    return sections
+
+
+def _quality(report: dict):
+    source = report.get("source")
+    reference = source["by_backend"]["torch"]["perplexity"]["ppl"] if source else None
+    rows = []
+    if source:
+        rows.append(("source", "torch", f"{reference:.3f}", "", _count(source["params"])))
+    for name, result in report["sculpted"]["by_backend"].items():
+        ppl = result["perplexity"]["ppl"]
+        change = f"{100 * (ppl / reference - 1):+.2f} %" if reference else ""
+        rows.append(("sculpted", name, f"{ppl:.3f}", change, _count(report["sculpted"]["params"])))
+    return ("model", "backend", "perplexity", "vs source", "parameters"), rows
+
+
+def _parity(report: dict):
+    torch_ppl = report["sculpted"]["by_backend"]["torch"]["perplexity"]["ppl"]
+    rows = []
+    for name, p in report["parity"].items():
+        ppl = report["sculpted"]["by_backend"][name]["perplexity"]["ppl"]
+        rows.append((name, f"{100 * (ppl / torch_ppl - 1):+.4f} %", f"{p['max_abs_logit_diff']:.3g}",
+                     f"{p['mean_abs_logit_diff']:.3g}", f"{100 * p['top1_agreement']:.1f} %",
+                     f"{p['greedy_match']}/{p['greedy_tokens']}"))
+    return ("backend", "ppl diff", "max |dlogit|", "mean |dlogit|", "top-1 agree", "greedy match"), rows
+
+
+def _speed(report: dict):
+    source = report.get("source")
+    theirs = source["by_backend"]["torch"] if source else {}
+    backends = report["sculpted"]["by_backend"]
+    headers = ("measure", *(["source [torch]"] if theirs else []), *(f"sculpted [{n}]" for n in backends),
+               *(["speed-up [torch]"] if theirs else []))
+    rows = []
+    for length in backends["torch"]["prefill"]:
+        cells = [_ms(r["prefill"].get(length)) for r in backends.values()]
+        speedup = [_ratio(theirs["prefill"][length]["median_s"] / backends["torch"]["prefill"][length]["median_s"])
+                   ] if theirs else []
+        rows.append((f"prefill {length} tokens", *([_ms(theirs["prefill"][length])] if theirs else []), *cells,
+                     *speedup))
+    for batch in backends["torch"]["decode"]:
+        cells = [_tps(r["decode"].get(batch)) for r in backends.values()]
+        speedup = [_ratio(backends["torch"]["decode"][batch]["tokens_per_s"] / theirs["decode"][batch]["tokens_per_s"])
+                   ] if theirs else []
+        rows.append((f"decode batch {batch}", *([_tps(theirs["decode"][batch])] if theirs else []), *cells, *speedup))
+    return headers, rows
+
+
+def _footprint(report: dict):
+    source = report.get("source")
+    rows = []
+    if source:
+        memory = source["by_backend"]["torch"].get("memory")
+        rows.append(("source", "torch", _bytes(memory["model_bytes"]) if memory else "-",
+                     _bytes(source["checkpoint_bytes"])))
+    for name, result in report["sculpted"]["by_backend"].items():
+        memory = result.get("memory")
+        rows.append(("sculpted", name, _bytes(memory["model_bytes"]) if memory else "-", _bytes(result["size_bytes"])))
+    return ("model", "backend", "peak memory added", "size on disk"), rows
+
+
+def _baseline(report: dict):
+    base = report["baseline"]
+    rows = [("artifact", f"{base['version']} ({base['path']})"), ("content hash", base["content_hash"][:16] + "…"),
+            ("perplexity there", f"{base['ppl']:.3f}"), ("perplexity here", f"{report['headline']['ppl']:.3f}"),
+            ("change", f"{base['ppl_change_pct']:+.2f} % (tolerance +{base['tolerance_pct']:g} %)")]
+    return ("", "value"), rows
+
+
+def _notes(report: dict) -> list[str]:
+    notes = []
+    source = report.get("source")
+    if source and source.get("cache", {}).get("from_cache"):
+        cache = source["cache"]
+        notes.append(f"source measurements came from the cache ({cache['file']}, measured {cache['measured_at']})")
+    if report["workload"].get("memory"):
+        notes.append("peak memory added: the model's peak resident memory (CUDA peak allocation on a GPU), "
+                     "measured in a fresh process")
+    return notes
+
+
+def _md_table(headers, rows) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows)]
+
+
+def _text_table(headers, rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    return ["  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+
+
+def _ms(timing: dict | None) -> str:
+    if not timing:
+        return "-"
+    return f"{1e3 * timing['median_s']:.1f} ms [{1e3 * timing['p10_s']:.1f}-{1e3 * timing['p90_s']:.1f}]"
+
+
+def _tps(result: dict | None) -> str:
+    if not result:
+        return "-"
+    step = result["step"]
+    batch = result["batch"]
+    return f"{result['tokens_per_s']:.1f} tok/s [{batch / step['p90_s']:.1f}-{batch / step['p10_s']:.1f}]"
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def _bytes(count: int) -> str:
+    return format_size(count)
+
+
+def _count(value: int) -> str:
+    return f"{value / 1e6:.2f} M"
+
+
+def report_text(version_dir: Path) -> str | None:
+    """The terminal form of a version's validate report, or None when validate has not completed."""
+    from ...artifacts import read_manifest
+
+    record = read_manifest(version_dir).record("validate")
+    path = Path(version_dir) / "validate" / "report.json"
+    if record is None or record.status != "done" or not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    if report.get("schema") != REPORT_SCHEMA:
+        return None  # written by an older llm-sculpt: its metrics are still in the manifest
+    return terminal(report)

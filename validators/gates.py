@@ -1,0 +1,177 @@
+"""Pass/fail gates over the validate stage's headline metrics, and the regression check against a baseline.
+
+Pure functions of plain dicts (the metrics the validate stage records in the manifest), so a
+gate's verdict can be recomputed from any artifact. Each result carries one readable line
+saying which gate failed and by how much.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+GATE_STATUSES = ("passed", "failed", "skipped")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a size like "512MiB", "1.5 GB", "300000" (decimal kB/MB/GB, binary KiB/MiB/GiB)."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string like '512MiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size {value} is negative")
+        return value
+    match = _SIZE.fullmatch(str(value))
+    if not match:
+        raise ValueError(f"size {value!r} is not a number of bytes or a size like '512MiB', '2GB', '300kB'")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    return int(round(number * _UNITS[unit]))
+
+
+def format_size(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{int(count)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str  # the recipe key (validate.gates.<gate>, or "baseline")
+    status: str  # passed | failed | skipped
+    detail: str  # what was measured against what limit, for a person
+    subject: str | None = None  # the backend, batch size or length the result is about
+    value: float | None = None
+    limit: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.gate}[{self.subject}]" if self.subject else self.gate
+
+    def line(self) -> str:
+        return f"{self.label} {self.status}: {self.detail}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_gates(metrics: dict[str, Any], gates: dict[str, Any]) -> list[GateResult]:
+    """One result per gate that is set (per backend / batch / length where the gate has several subjects)."""
+    results: list[GateResult] = []
+    for gate, limit in gates.items():
+        if limit is None:
+            continue
+        if gate not in _CHECKS:
+            raise ValueError(f"unknown gate {gate!r}")
+        results.extend(_CHECKS[gate](metrics, limit))
+    return results
+
+
+def _max_ppl_increase(metrics: dict, limit: float) -> list[GateResult]:
+    if metrics.get("ppl_increase_pct") is None:
+        return [GateResult("max_ppl_increase", "skipped", "the source model was not measured")]
+    value = metrics["ppl_increase_pct"]
+    detail = (f"perplexity {metrics['ppl']:.3f} vs the source's {metrics['ppl_source']:.3f} ({value:+.2f} %); "
+              f"limit +{limit:g} %")
+    return [_upper("max_ppl_increase", value, limit, detail, lambda over: f"over by {over:.2f} points")]
+
+
+def _max_ppl(metrics: dict, limit: float) -> list[GateResult]:
+    value = metrics["ppl"]
+    return [_upper("max_ppl", value, limit, f"perplexity {value:.3f}; limit {limit:g}",
+                   lambda over: f"over by {over:.3f}")]
+
+
+def _parity(metrics: dict, limit: float) -> list[GateResult]:
+    parity = metrics.get("parity") or {}
+    if not parity:
+        return [GateResult("parity_tolerance", "skipped", "only one backend was measured: nothing to compare")]
+    return [_upper("parity_tolerance", abs(p["ppl_diff_pct"]), limit,
+                   f"{name} perplexity differs from torch's by {p['ppl_diff_pct']:+.4f} %; limit ±{limit:g} %",
+                   lambda over: f"over by {over:.4f} points", subject=name)
+            for name, p in parity.items()]
+
+
+def _logit_diff(metrics: dict, limit: float) -> list[GateResult]:
+    parity = metrics.get("parity") or {}
+    if not parity:
+        return [GateResult("max_logit_diff", "skipped", "only one backend was measured: nothing to compare")]
+    return [_upper("max_logit_diff", p["max_abs_logit_diff"], limit,
+                   f"{name} logits differ from torch's by up to {p['max_abs_logit_diff']:.3g}; limit {limit:g}",
+                   lambda over: f"over by {over:.3g}", subject=name)
+            for name, p in parity.items()]
+
+
+def _speedup(gate: str, key: str, what: str):
+    def check(metrics: dict, limit: float) -> list[GateResult]:
+        speedups = metrics.get(key) or {}
+        if not speedups:
+            return [GateResult(gate, "skipped", "no timings of both the source and the sculpted model")]
+        return [_lower(gate, value, limit, f"{what} {subject}: {value:.3f}x the source; limit {limit:g}x",
+                       lambda short: f"short by {short:.3f}x", subject=subject)
+                for subject, value in speedups.items()]
+    return check
+
+
+def _bytes_gate(gate: str, key: str, what: str):
+    def check(metrics: dict, limit: int | str) -> list[GateResult]:
+        limit_bytes = parse_size(limit)
+        values = metrics.get(key) or {}
+        if not values:
+            return [GateResult(gate, "skipped", f"{what} was not measured")]
+        return [_upper(gate, value, limit_bytes, f"{name} {what} {format_size(value)}; limit {format_size(limit_bytes)}",
+                       lambda over: f"over by {format_size(over)}", subject=name)
+                for name, value in values.items()]
+    return check
+
+
+_CHECKS = {
+    "max_ppl_increase": _max_ppl_increase,
+    "max_ppl": _max_ppl,
+    "parity_tolerance": _parity,
+    "max_logit_diff": _logit_diff,
+    "min_speedup": _speedup("min_speedup", "decode_speedup_by_batch", "decode tokens/s at batch"),
+    "min_prefill_speedup": _speedup("min_prefill_speedup", "prefill_speedup_by_len", "prefill speed at length"),
+    "max_memory": _bytes_gate("max_memory", "memory_by_backend", "peak memory added by the model"),
+    "max_size": _bytes_gate("max_size", "size_by_backend", "size on disk"),
+}
+GATE_NAMES = tuple(_CHECKS)
+
+
+def check_baseline(metrics: dict[str, Any], baseline: dict[str, Any], where: str, tolerance_pct: float,
+                   speed_tolerance_pct: float | None = None) -> list[GateResult]:
+    """Regressions against a previous artifact's validate metrics: perplexity (always), decode speed-up (optional)."""
+    change = 100 * (metrics["ppl"] / baseline["ppl"] - 1)
+    results = [_upper("baseline", change, tolerance_pct,
+                      f"perplexity {metrics['ppl']:.3f} vs {baseline['ppl']:.3f} in {where} ({change:+.2f} %); "
+                      f"tolerance +{tolerance_pct:g} %", lambda over: f"over by {over:.2f} points", subject="ppl")]
+    if speed_tolerance_pct is not None:
+        now, before = metrics.get("decode_speedup"), baseline.get("decode_speedup")
+        if now is None or before is None:
+            results.append(GateResult("baseline", "skipped", f"no decode speed-up in {'this run' if now is None else where}",
+                                      subject="decode_speedup"))
+        else:
+            drop = 100 * (1 - now / before)
+            results.append(_upper("baseline", drop, speed_tolerance_pct,
+                                  f"decode speed-up {now:.3f}x vs {before:.3f}x in {where} ({-drop:+.2f} %); "
+                                  f"tolerance -{speed_tolerance_pct:g} %", lambda over: f"over by {over:.2f} points",
+                                  subject="decode_speedup"))
+    return results
+
+
+def _upper(gate, value, limit, detail, overshoot, subject=None) -> GateResult:
+    failed = value > limit
+    text = f"{detail}, {overshoot(value - limit)}" if failed else detail
+    return GateResult(gate, "failed" if failed else "passed", text, subject, float(value), float(limit))
+
+
+def _lower(gate, value, limit, detail, shortfall, subject=None) -> GateResult:
+    failed = value < limit
+    text = f"{detail}, {shortfall(limit - value)}" if failed else detail
+    return GateResult(gate, "failed" if failed else "passed", text, subject, float(value), float(limit))
