@@ -2,7 +2,8 @@
 
 Uniform (LLM-Pruner, Wanda-sp, FLAP UL-UM, GOA): every pruned layer keeps the same fraction
 of each module, rounded to a legal GQA attention shape and a snapped MLP width (the
-`proportional` split of the uniform method). Global (FLAP AL-AM): the units of every layer
+`proportional` split of the uniform method), or a fixed fraction of attention with the MLP
+filling the rest (`attention_ratio`; 1.0 keeps attention whole). Global (FLAP AL-AM): the units of every layer
 are ranked together by a standardised score, each costing its parameter count, and the best
 are kept until the budget is spent; a layer may lose every KV group or channel. Pure math.
 """
@@ -15,8 +16,8 @@ import torch
 
 from ..errors import SculptError
 from ..models.spec import BaseDims, attention_parameters, dense_decoder_parameters, mlp_parameters
-from .selection import AttentionShape, snap_width
-from .uniform import layer_budget, proportional_shape
+from .selection import AttentionShape, nearest_attention_shape, snap_width
+from .uniform import layer_budget, proportional_shape, width_with
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,13 @@ def plan_parameters(base: BaseDims, plan: LayerPlan, out_bias: bool = False) -> 
     return total
 
 
-def uniform_plan(base: BaseDims, ratio: float, mlp_multiple: int, keep_first: int = 0,
-                 keep_last: int = 0) -> list[LayerPlan]:
-    """The same shape in every pruned layer; the first/last layers named stay dense, the rest make up the ratio."""
+def uniform_plan(base: BaseDims, ratio: float, mlp_multiple: int, keep_first: int = 0, keep_last: int = 0,
+                 attention_ratio: float | None = None) -> list[LayerPlan]:
+    """The same shape in every pruned layer; the first/last layers named stay dense, the rest make up the ratio.
+
+    Attention keeps the legal shape nearest to `attention_ratio` of its parameters (None: the
+    layer's own ratio, the papers' per-module split); the MLP width fills the rest of the budget.
+    """
     pruned = base.num_layers - keep_first - keep_last
     if keep_first < 0 or keep_last < 0 or pruned < 1:
         raise SculptError(f"keep_first={keep_first} and keep_last={keep_last} leave no layer of "
@@ -54,7 +59,16 @@ def uniform_plan(base: BaseDims, ratio: float, mlp_multiple: int, keep_first: in
     if per_layer <= 0:
         raise SculptError(f"ratio {ratio} cannot be met with {keep_first + keep_last} dense layers; "
                           "lower keep_first/keep_last or raise the ratio")
-    shape, width = proportional_shape(base, min(per_layer, 1.0), mlp_multiple)
+    per_layer = min(per_layer, 1.0)
+    if attention_ratio is None:
+        shape, width = proportional_shape(base, per_layer, mlp_multiple)
+    else:
+        shape = nearest_attention_shape(base, attention_ratio * attention_parameters(base, base.num_heads,
+                                                                                     base.num_kv_heads))
+        width = width_with(base, shape, per_layer, mlp_multiple)
+        if width <= 0:
+            raise SculptError(f"attention_ratio {attention_ratio} leaves the MLP nothing at ratio {ratio}; "
+                              "lower attention_ratio or raise the ratio")
     plans = [LayerPlan.dense(base)] * base.num_layers
     return plans[:keep_first] + [LayerPlan(shape, width)] * pruned + plans[base.num_layers - keep_last:]
 

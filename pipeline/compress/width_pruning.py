@@ -38,6 +38,9 @@ class WidthOptions(MethodOptions):
     mlp_multiple: int = Field(DEFAULT_MLP_MULTIPLE, ge=1)  # MLP widths snap to this many channels
     keep_first: int = Field(0, ge=0)  # leading layers left dense (LLM-Pruner's code leaves 3); the rest make up the ratio
     keep_last: int = Field(0, ge=0)  # trailing layers left dense (LLM-Pruner's code leaves 1)
+    # fraction of attention parameters each pruned layer keeps (nearest legal GQA shape); None = the same
+    # fraction as the MLP (the papers' split); 1.0 keeps attention whole (SmolLM2's heads are precious)
+    attention_ratio: float | None = Field(None, gt=0, le=1)
 
 
 # ---- corrections of an output projection -----------------------------------------------
@@ -134,6 +137,7 @@ def prune_uniformly(ctx: MethodContext, ratio: float, options: WidthOptions, sco
                     correction: Correction = keep_columns, statistics: Statistics = "none", sequential: bool = False,
                     notes: dict | None = None) -> MethodResult:
     """Every pruned layer keeps the same shape (same ratio per module), filled by `scoring`."""
-    plans = uniform_plan(ctx.base, ratio, options.mlp_multiple, options.keep_first, options.keep_last)
+    plans = uniform_plan(ctx.base, ratio, options.mlp_multiple, options.keep_first, options.keep_last,
+                         options.attention_ratio)
     cuts = cut_layers(ctx, plans, scoring, correction, statistics, sequential, desc=(notes or {}).get("method", "width"))
     return width_result(ctx, cuts, {**(notes or {}), **options.model_dump()})

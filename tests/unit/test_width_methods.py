@@ -91,12 +91,14 @@ def test_flap_bias_compensation_restores_the_mean_output_of_each_pruned_projecti
             x = inputs[layer.source]
             kept = head_rows(layer.q_heads, 8) if kind == "attention" else torch.tensor(layer.mlp_channels)
             with torch.no_grad():
-                original = pick_dense(ctx.adapter.layers(model)[layer.source])(x).mean(0)
-                pruned = pick_small(small.model.layers[pos])(x[:, kept]).mean(0)
-                plain = (x[:, kept] @ pick_small(small.model.layers[pos]).weight.T).mean(0)
+                target = pick_dense(ctx.adapter.layers(model)[layer.source])(x)
+                with_bias = pick_small(small.model.layers[pos])(x[:, kept])
+                without = x[:, kept] @ pick_small(small.model.layers[pos]).weight.T
+            original, pruned, plain = target.mean(0), with_bias.mean(0), without.mean(0)
             scale = original.abs().max()
             assert (pruned - original).abs().max() < 1e-4 * scale
             assert (plain - original).abs().max() > 1e-2 * scale  # without the bias the mean moves
+            assert (with_bias - target).pow(2).sum() < (without - target).pow(2).sum()  # and the error grows
             checked += 1
     assert checked > 0
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline.compress.goa import goa_importance
+from pipeline.errors import SculptError
 from pipeline.compress.output_approximation import (contribution_gram, greedy_head_scores, greedy_removal,
                                                     second_moment_scores)
 from pipeline.compress.selection import AttentionShape
@@ -105,6 +106,17 @@ def test_uniform_plan_keeps_edge_layers_dense_and_meets_the_ratio():
     assert plans[0] == plans[-1] == LayerPlan.dense(base) and len(set(plans[1:-1])) == 1
     total = sum(plan_parameters(base, plan) for plan in plans)
     assert total / dense_decoder_parameters(base) == pytest.approx(0.7, abs=0.05)
+
+
+def test_uniform_plan_with_whole_attention_spends_the_cut_on_the_mlp():
+    base = adapter_for(tiny_model("llama").config).dims(tiny_model("llama").config)
+    plans = uniform_plan(base, 0.8, 8, attention_ratio=1.0)
+    assert all(plan.shape == LayerPlan.dense(base).shape for plan in plans)
+    assert all(plan.width < base.intermediate_size and plan.width % 8 == 0 for plan in plans)
+    total = sum(plan_parameters(base, plan) for plan in plans)
+    assert total / dense_decoder_parameters(base) == pytest.approx(0.8, abs=0.03)
+    with pytest.raises(SculptError, match="attention_ratio"):
+        uniform_plan(base, 0.3, 8, attention_ratio=1.0)
 
 
 @pytest.mark.parametrize("ratio", [0.9, 0.7, 0.5])
