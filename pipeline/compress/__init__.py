@@ -5,6 +5,7 @@ Importing this package registers every method in `METHODS`.
 
 from . import uniform  # noqa: F401  (registers the method)
 from . import evolution_method  # noqa: F401  (registers the method)
+from . import goa, width_baselines  # noqa: F401  (register goa, magnitude, wanda-sp, flap)
 from .registry import METHODS, Method, MethodContext, MethodResult, get_method, parse_options
 
 __all__ = ["METHODS", "Method", "MethodContext", "MethodResult", "get_method", "parse_options"]

@@ -56,22 +56,45 @@ class LayerStream:
 
 
 class GramAccumulator:
-    """Running sum of X^T X (float64) over every token fed to a linear layer's input."""
+    """Running sums over every token fed to a linear layer's input (float64).
 
-    def __init__(self) -> None:
-        self.gram: torch.Tensor | None = None
+    `full` keeps X^T X (for least squares and correlations); otherwise only its diagonal,
+    the per-channel sum of squares, which is all activation-norm and variance scores need.
+    The plain sum is always kept, for means and variances.
+    """
+
+    def __init__(self, full: bool = True) -> None:
+        self.full = full
+        self.gram: torch.Tensor | None = None  # X^T X, or its diagonal when not full
+        self.total: torch.Tensor | None = None  # sum of x
         self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1])
+        x = x.reshape(-1, x.shape[-1]).float()
         # A window's partial product is exact enough in float32; the running sum is float64.
-        partial = (x.T.float() @ x.float()).double()
+        partial = (x.T @ x if self.full else x.pow(2).sum(dim=0)).double()
+        total = x.sum(dim=0).double()
         self.gram = partial if self.gram is None else self.gram + partial
+        self.total = total if self.total is None else self.total + total
         self.tokens += x.shape[0]
 
     def mean(self) -> torch.Tensor:
         """E[x x^T] over tokens (so statistics from different sample counts compare)."""
+        if not self.full:
+            raise ValueError("this accumulator keeps only the diagonal of X^T X; create it with full=True")
         return self.gram / max(self.tokens, 1)
+
+    def square_mean(self) -> torch.Tensor:
+        """E[x_j^2] per input channel."""
+        return (self.gram.diagonal() if self.full else self.gram) / max(self.tokens, 1)
+
+    def input_mean(self) -> torch.Tensor:
+        """E[x_j] per input channel."""
+        return self.total / max(self.tokens, 1)
+
+    def variance(self) -> torch.Tensor:
+        """Per-channel variance over tokens (population: E[x^2] - E[x]^2, clamped at 0)."""
+        return (self.square_mean() - self.input_mean().pow(2)).clamp_min(0)
 
 
 @contextmanager
@@ -89,8 +112,8 @@ def capture_inputs(modules: dict[str, nn.Module], sink: Callable[[str, torch.Ten
 
 
 @contextmanager
-def gram_of_inputs(modules: dict[str, nn.Module]) -> Iterator[dict[str, GramAccumulator]]:
-    """Accumulate X^T X of each named module's input while the block runs."""
-    grams = {name: GramAccumulator() for name in modules}
+def gram_of_inputs(modules: dict[str, nn.Module], full: bool = True) -> Iterator[dict[str, GramAccumulator]]:
+    """Accumulate X^T X (or only its diagonal) and the sum of each named module's input while the block runs."""
+    grams = {name: GramAccumulator(full) for name in modules}
     with capture_inputs(modules, lambda name, x: grams[name].add(x)):
         yield grams
