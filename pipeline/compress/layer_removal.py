@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 
 import torch
 from tqdm.auto import tqdm
 
 from validators.perplexity import summed_nll
 
+from ..models.loading import cache_root
 from ..models.spec import decoder_ratio
 from .depth import fewest_units_for, spec_without
 from .layer_stream import LayerStream
@@ -51,6 +53,7 @@ def run_shortgpt(ctx: MethodContext, ratio: float, options: MethodOptions) -> Me
 class SLEBOptions(MethodOptions):
     fitness_windows: int = 8  # calibration windows scoring each candidate removal (the paper: 128 x 2048 tokens)
     protect_ends: bool = True  # never remove the first or the last remaining block (the official code's barriers)
+    cache_order: bool = True  # keep the greedy order under the cache root: resumes, and other ratios reuse it
 
 
 class BlockSkipScorer:
@@ -118,31 +121,39 @@ def run_sleb(ctx: MethodContext, ratio: float, options: SLEBOptions) -> MethodRe
     # The greedy order does not depend on the ratio: find how many rounds the ratio needs first.
     need = fewest_units_for(ratio, lambda k: decoder_ratio(spec_without(ctx.base, layers=range(1, k + 1))), most,
                             "sleb", "blocks", HINT)
-    checkpoint = _Checkpoint(ctx, windows, options)
+    cache = _OrderCache(ctx.model, windows, options) if options.cache_order else None
     scorer = BlockSkipScorer(ctx.model, ctx.adapter, windows, ctx.batch_size)
-    log = greedy_removal_order(scorer, ctx.base.num_layers, need, options.protect_ends, checkpoint.load(),
-                               checkpoint.save, ctx.progress)[:need]
+    log = greedy_removal_order(scorer, ctx.base.num_layers, need, options.protect_ends,
+                               cache.load() if cache else [], cache.save if cache else None, ctx.progress)[:need]
     removed = sorted(r["removed"] for r in log)
     spec = spec_without(ctx.base, layers=removed, notes={"method": "sleb"})
     return MethodResult(spec, metrics={"removed": removed, "removal_order": log,
                                        "fitness_tokens": int(windows.numel())})
 
 
-class _Checkpoint:
-    """SLEB's finished rounds in the method's state dir, keyed by the calibration windows and options
-    (the greedy order is the same for every ratio, so a run at another ratio reuses it too)."""
+class _OrderCache:
+    """SLEB's finished rounds, saved after every round under the cache root, keyed by the model's weights,
+    the calibration windows and the options. The greedy order does not depend on the ratio, so an
+    interrupted run resumes and a run at another ratio reuses every round already computed."""
 
-    def __init__(self, ctx: MethodContext, windows: torch.Tensor, options: SLEBOptions) -> None:
-        digest = hashlib.sha256(windows.numpy().tobytes()).hexdigest()
-        self.key = {"windows_sha256": digest, "options": options.model_dump()}
-        self.path = ctx.state_dir / "sleb.json" if ctx.state_dir is not None else None
+    def __init__(self, model, windows: torch.Tensor, options: SLEBOptions) -> None:
+        digest = hashlib.sha256(json.dumps(options.model_dump(), sort_keys=True).encode())
+        digest.update(windows.numpy().tobytes())
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        self.path = cache_root() / "sleb" / f"{digest.hexdigest()[:32]}.json"
 
     def load(self) -> list[dict]:
-        if self.path is None or not self.path.is_file():
+        if not self.path.is_file():
             return []
-        saved = json.loads(self.path.read_text())
-        return saved["rounds"] if saved.get("key") == self.key else []
+        try:
+            return json.loads(self.path.read_text())["rounds"]
+        except (OSError, ValueError, KeyError):
+            return []  # a damaged cache only costs a recomputation
 
     def save(self, rounds: list[dict]) -> None:
-        if self.path is not None:
-            self.path.write_text(json.dumps({"key": self.key, "rounds": rounds}))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps({"rounds": rounds}))
+        os.replace(partial, self.path)

@@ -19,7 +19,12 @@ from pipeline.models.spec import decoder_ratio
 from pipeline.stages.slice import apply_weights
 from tests.factories import tiny_model
 
-DEPTH_METHODS = ("shortgpt", "sleb", "attn-drop", "attn-skip-last", "streamline")
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """SLEB keeps its greedy order under the cache root: keep it inside the test's tmp_path."""
+    monkeypatch.setenv("SCULPT_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def windows(n=8, length=32, seed=0):
@@ -136,12 +141,17 @@ def test_sleb_scores_a_removal_by_the_perplexity_of_the_smaller_model():
     assert torch.tensor(scorer.nll_from(inputs[1], [3, 4])).exp().item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_sleb_resumes_its_rounds_from_the_state_dir(tmp_path, monkeypatch):
+def test_sleb_reuses_its_greedy_order_only_for_the_same_model_and_windows(monkeypatch):
     model, text = model_and_its_own_text()
-    first = run("sleb", context(model, text, state_dir=tmp_path), 0.6)
-    monkeypatch.setattr(BlockSkipScorer, "nll_from", lambda *a: pytest.fail("a finished round was recomputed"))
-    again = run("sleb", context(model, text, state_dir=tmp_path), 0.8)  # fewer rounds: all on record
-    assert again.metrics["removal_order"] == first.metrics["removal_order"][:1]
+    first = run("sleb", context(model, text), 0.6)
+    calls = []
+    original = BlockSkipScorer.nll_from
+    monkeypatch.setattr(BlockSkipScorer, "nll_from", lambda *a: calls.append(1) or original(*a))
+    again = run("sleb", context(model, text), 0.8)  # fewer rounds, all on record: nothing is recomputed
+    assert again.metrics["removal_order"] == first.metrics["removal_order"][:1] and not calls
+    silence(model, 3)
+    run("sleb", context(model, text), 0.8)  # other weights: computed afresh
+    assert calls
 
 
 # ---- LLM-Streamline ---------------------------------------------------------------------------
