@@ -2,17 +2,20 @@
 """Leaderboard: every compression method on the same model, data and decoder-parameter ratios.
 
 Each configuration x ratio runs the whole pipeline (`pipeline.workflow.run_pipeline`: search,
-reform, slice, validate) and is then measured: WikiText-2 test perplexity on a fixed subset of
-windows (the validate stage), parameters and the achieved ratio, CPU decode tokens/s and prefill
-latency next to the dense model measured just before it in the same process, and the wall time
-of the method (search + reform stages). Writes results.json (every number), leaderboard.md and
-two PNG charts to --out, and prints the table.
+reform, slice, validate) on --device and is then measured: WikiText-2 test perplexity (the
+validate stage; --eval-windows 0 = the whole test split), parameters and the achieved ratio,
+prefill latency and decode tokens/s on --latency-device (default: the CPU backend) next to the
+dense model timed just before it in the same process, and the wall time of the method (search +
+reform stages). The configurations are every method registered in `pipeline.compress` (so
+methods merged later appear by themselves) plus EXTRA_CONFIGURATIONS below. Writes results.json
+(every number), leaderboard.md and two PNG charts (perplexity vs ratio; perplexity vs measured
+speed) to --out, and prints the table.
 
 Resumable: configurations already in results.json are not run again (failures are retried);
 stop it at any time and run the same command again.
 
-    python benchmarks/leaderboard.py                                     # the full board: hours on 2 cores
-    python benchmarks/leaderboard.py --ratios 0.8 --configs shortgpt --max-windows 2   # a quick check
+    python benchmarks/leaderboard.py --device cuda                  # the full board (see docs/methods.md)
+    python benchmarks/leaderboard.py --methods shortgpt --ratios 0.8 --eval-windows 2   # a quick check
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ EXTRA_CONFIGURATIONS = (
 # ------------------------------------------------------------------------------------------------
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -57,10 +61,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-corpus", default="wikitext2", help="evaluation corpus (its evaluation split)")
     parser.add_argument("--calib-corpus", default="wikitext2", help="calibration corpus (its calibration split)")
     parser.add_argument("--ratios", default=",".join(map(str, RATIOS)), help="decoder-parameter ratios")
-    parser.add_argument("--configs", default=None, help="comma-separated configuration names (default: all)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated configuration or method names (a method selects all its "
+                             "configurations; default: all, see --list)")
+    parser.add_argument("--device", default="cpu", help="torch device the methods and perplexity run on: cpu, cuda")
+    parser.add_argument("--latency-device", default="cpu",
+                        help="torch device of the latency measurements (the issue asks for the CPU backend)")
     parser.add_argument("--seq-len", type=int, default=2048, help="evaluation window length")
-    parser.add_argument("--max-windows", type=int, default=16,
-                        help="evaluation windows: the first N of the test text (0 = all; WikiText-2 has 148 of 2048)")
+    parser.add_argument("--eval-windows", type=int, default=0,
+                        help="evaluation windows: the first N of the test text (0 = all; WikiText-2 has 148 of 2048, "
+                             "~25 min per model on 2 CPU cores: pass a few on CPU)")
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
     parser.add_argument("--seed", type=int, default=0)
@@ -76,19 +86,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def settings_of(args) -> dict:
     """What the numbers depend on; a results.json measured with other settings is not resumed."""
-    return {"model": args.model, "evaluation": args.eval_corpus, "seq_len": args.seq_len, "max_windows": args.max_windows,
+    return {"model": args.model, "evaluation": args.eval_corpus, "seq_len": args.seq_len,
+            "eval_windows": args.eval_windows,
             "calibration": args.calib_corpus, "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
             "seed": args.seed, "prefill_len": args.prefill_len, "decode_prompt": args.decode_prompt,
-            "decode_tokens": args.decode_tokens, "repeats": args.repeats}
+            "decode_tokens": args.decode_tokens, "repeats": args.repeats, "device": args.device,
+            "latency_device": args.latency_device}
 
 
 def recipe_for(args, config: dict, ratio: float, root: Path):
     from pipeline.recipe import build_recipe
 
-    overrides = {"model.source": args.model, "output": str(root), "seed": args.seed,
+    overrides = {"model.source": args.model, "model.device": args.device, "output": str(root), "seed": args.seed,
                  "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
                  "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
-                 "validate.seq_len": args.seq_len, "validate.max_windows": args.max_windows or None,
+                 "validate.seq_len": args.seq_len, "validate.max_windows": args.eval_windows or None,
                  "validate.compare_source": False, "search.method": config["method"], "search.ratio": ratio,
                  "search.options": config.get("options", {}), **config.get("overrides", {})}
     if args.data_dir:
@@ -107,17 +119,18 @@ def timings(model, args) -> dict:
 
 
 def measure_latency(model_dir: Path, dense, args) -> dict:
-    """The sculpted model's timings next to the dense model's, measured just before, in this process."""
+    """The sculpted model's timings next to the dense model's (`dense` on the latency device), measured
+    just before, in this process."""
     from transformers import AutoModelForCausalLM
 
-    sculpted = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dense.dtype).eval()
+    sculpted = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dense.dtype).to(args.latency_device).eval()
     reference, measured = timings(dense, args), timings(sculpted, args)
     return {**measured, "dense": reference,
             "prefill_speedup": reference["prefill_s"] / measured["prefill_s"],
             "decode_speedup": measured["decode_tokens_per_s"] / reference["decode_tokens_per_s"]}
 
 
-def run_entry(args, config: dict, ratio: float, dense, out: Path) -> dict:
+def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
     from pipeline.artifacts import read_manifest
     from pipeline.compress import METHODS
     from pipeline.errors import SculptError
@@ -144,7 +157,7 @@ def run_entry(args, config: dict, ratio: float, dense, out: Path) -> dict:
              "reform": reform.status if reform is not None else None,
              "layers": search.metrics.get("layers"), "removed_layers": search.metrics.get("removed_layers")}
     entry["method_wall_s"] = entry["search_wall_s"] + entry["reform_wall_s"]
-    entry["latency"] = measure_latency(artifact.path / "slice" / "model", dense, args)
+    entry["latency"] = measure_latency(artifact.path / "slice" / "model", timed_dense, args)
     return entry
 
 
@@ -160,16 +173,16 @@ def drop_artifacts(root: Path) -> None:
             parent.rmdir()
 
 
-def dense_entry(args, dense, tokenizer) -> dict:
+def dense_entry(args, dense, timed_dense, tokenizer) -> dict:
     from pipeline.data import evaluation_ids, load_corpus
     from validators.perplexity import perplexity
     from validators.runners import TorchRunner
 
     ids = evaluation_ids(tokenizer, load_corpus(args.eval_corpus, "evaluation", args.data_dir), args.seq_len)
-    result = perplexity(TorchRunner(dense), ids, args.seq_len, args.max_windows or None)
+    result = perplexity(TorchRunner(dense), ids, args.seq_len, args.eval_windows or None)
     params = sum(p.numel() for p in dense.parameters())
     return {"status": "done", "ppl": result.ppl, "eval_tokens": result.tokens, "params": params,
-            "achieved_ratio": 1.0, "method_wall_s": 0.0, "latency": {**timings(dense, args), "prefill_speedup": 1.0,
+            "achieved_ratio": 1.0, "method_wall_s": 0.0, "latency": {**timings(timed_dense, args), "prefill_speedup": 1.0,
                                                                       "decode_speedup": 1.0}}
 
 
@@ -190,17 +203,17 @@ def main(argv=None) -> int:
             print(f"{config['name']}: method {config['method']}, options {config.get('options', {})}, "
                   f"overrides {config.get('overrides', {})}{state}")
         return 0
-    if args.configs:
-        wanted = [c.strip() for c in args.configs.split(",")]
-        unknown = sorted(set(wanted) - {c["name"] for c in configs})
+    if args.methods:
+        wanted = {c.strip() for c in args.methods.split(",")}
+        unknown = sorted(wanted - {c["name"] for c in configs} - {c["method"] for c in configs})
         if unknown:
-            print(f"error: unknown configuration(s) {unknown}; see --list", file=sys.stderr)
+            print(f"error: unknown configuration(s) or method(s) {unknown}; see --list", file=sys.stderr)
             return 2
-        configs = [c for c in configs if c["name"] in wanted]
+        configs = [c for c in configs if c["name"] in wanted or c["method"] in wanted]
     ratios = [float(r) for r in args.ratios.split(",")]
-    if args.threads:
-        import torch
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,11 +223,15 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     dense = loaded.model
+    # The dense model timed next to every sculpted one lives on the latency device.
+    timed_dense = dense if torch.device(args.device) == torch.device(args.latency_device) else \
+        copy.deepcopy(dense).to(args.latency_device)
     if "dense" not in results["entries"]:
         print("> dense: perplexity and latency", file=sys.stderr)
-        results["entries"]["dense"] = {"config": "dense", "ratio": 1.0, **dense_entry(args, dense, loaded.tokenizer)}
+        results["entries"]["dense"] = {"config": "dense", "ratio": 1.0,
+                                       **dense_entry(args, dense, timed_dense, loaded.tokenizer)}
         save_results(out, results)
     todo = [(c, r) for c in configs for r in ratios]
     for number, (config, ratio) in enumerate(todo, 1):
@@ -224,7 +241,7 @@ def main(argv=None) -> int:
         print(f"> [{number}/{len(todo)}] {key}", file=sys.stderr, flush=True)
         began = time.perf_counter()
         try:
-            entry = run_entry(args, config, ratio, dense, out)
+            entry = run_entry(args, config, ratio, timed_dense, out)
         except Exception as err:  # one broken configuration must not stop hours of measurements
             traceback.print_exc()
             entry = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}

@@ -42,9 +42,17 @@ def save_results(out: Path, results: dict) -> None:
 def machine() -> dict:
     import torch
 
+    gpu = {"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **gpu}
+
+
+def latency_backend(results: dict) -> str:
+    device, host = results["settings"]["latency_device"], results["machine"]
+    if device.startswith("cuda"):
+        return f"{device} ({host.get('gpu', 'GPU')}), torch {host['torch']}"
+    return f"CPU ({host['processor']}, {host['cpus']} cores), torch {host['torch']} with {host['torch_threads']} threads"
 
 
 def is_final(entry: dict | None) -> bool:
@@ -65,11 +73,11 @@ def markdown(results: dict, config_names: list[str], ratios: list[float]) -> str
     dense = entries.get("dense")
     tokens = f" ({dense['eval_tokens']:,} scored tokens)" if dense else ""
     lines = [f"# Leaderboard: {s['model']} model, decoder-parameter ratios {', '.join(f'{r:g}' for r in ratios)}", "",
-             f"- Perplexity: {s['evaluation']} (evaluation split), the first {s['max_windows'] or 'all'} windows of "
+             f"- Perplexity: {s['evaluation']} (evaluation split), the first {s['eval_windows'] or 'all'} windows of "
              f"{s['seq_len']} tokens{tokens}.",
              f"- Calibration: {s['calib_samples']} windows x {s['calib_seqlen']} tokens of {s['calibration']} "
              f"(calibration split), seed {s['seed']}.",
-             f"- Latency: CPU, torch {results['machine']['torch']} with {results['machine']['torch_threads']} threads; "
+             f"- Methods and perplexity ran on {s['device']}. Latency: {latency_backend(results)}; "
              f"prefill of {s['prefill_len']} tokens; decode of {s['decode_tokens']} tokens after a "
              f"{s['decode_prompt']}-token prompt; median of {s['repeats']}. Speed-ups are against the dense model "
              "timed just before each model, in the same process.",

@@ -19,6 +19,8 @@ RECIPE_FLAGS = [
     ("--device", "model.device", str, "Torch device: cpu, cuda, cuda:1, ..."),
     ("--method", "search.method", str, "Compression method (see `sculpt methods`)."),
     ("--ratio", "search.ratio", float, "Fraction of decoder-layer parameters to keep, in (0, 1]."),
+    ("--replacement", "search.options.replacement", click.Choice(["linear", "ffn"]),
+     "Method streamline: what replaces the removed span of layers."),
     ("--data-dir", "data.data_dir", str, "Corpora directory (else $SCULPT_DATA_DIR, else the hub)."),
     ("--calib-corpus", "data.calibration", str, "Calibration corpus: auto, wikitext2, ptb, c4, pydoc, FILE.txt, "
                                                 "FILE.jsonl (its calibration split)."),

@@ -41,7 +41,8 @@ def least_squares_map(inputs: torch.Tensor, targets: torch.Tensor, damping: floa
     """argmin_P sum_t ||P x_t - y_t||^2 + lambda ||P||^2 for rows x_t of `inputs`, y_t of `targets` (float64)."""
     x, y = inputs.double(), targets.double()
     gram = x.T @ x
-    ridge = damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+    ridge = damping * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype,
+                                                                          device=gram.device)
     return torch.linalg.solve(gram + ridge, x.T @ y).T  # (G + lambda I) P^T = X^T Y
 
 
@@ -69,7 +70,7 @@ def channel_scores(norm: nn.Module, mlp: nn.Module, down: nn.Linear, inputs: tor
                    chunk: int = 4096) -> torch.Tensor:
     """E[a_j^2] ||W_down[:, j]||^2 of every MLP channel j on these inputs: the output energy each
     channel adds (a_j is the gated activation, the input of the down projection)."""
-    energy = torch.zeros(down.in_features, dtype=torch.float64)
+    energy = torch.zeros(down.in_features, dtype=torch.float64, device=down.weight.device)
     sink = lambda _name, a: energy.add_(a.reshape(-1, a.shape[-1]).double().pow(2).sum(dim=0))  # noqa: E731
     with capture_inputs({"down": down}, sink):
         for start in range(0, inputs.shape[0], chunk):
@@ -100,7 +101,7 @@ def train_layer(layer: nn.Module, train: tuple[torch.Tensor, torch.Tensor], held
     best = (log[0]["held_out"], copy.deepcopy(layer.state_dict()))
     step = 0
     for epoch in tqdm(range(1, epochs + 1), desc="train replacement", unit="epoch", disable=not progress):
-        order = torch.randperm(inputs.shape[0], generator=generator)
+        order = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
         with torch.enable_grad():
             for batch in order.split(batch_tokens):
                 for group in optimizer.param_groups:
