@@ -18,16 +18,7 @@ from pipeline.models.slicing import slice_model
 from pipeline.models.spec import decoder_ratio
 from pipeline.stages.slice import apply_weights
 from tests.factories import tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two threads spin against each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tests.threads import one_thread  # noqa: F401  (autouse)
 
 
 @pytest.fixture(autouse=True)

@@ -3,19 +3,10 @@
 import json
 
 import pytest
-import torch
 
 from benchmarks import leaderboard
 from tests.factories import tiny_checkpoint
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; two threads spin against each other on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.threads import one_thread  # noqa: F401  (autouse)
 
 
 @pytest.fixture()
