@@ -21,6 +21,8 @@ RECIPE_FLAGS = [
     ("--ratio", "search.ratio", float, "Fraction of decoder-layer parameters to keep, in (0, 1]."),
     ("--latency-speedup", "search.options.latency_speedup", float, "Method evolution: also require this predicted "
                                                                   "decode speed-up vs the dense model, e.g. 1.5."),
+    ("--replacement", "search.options.replacement", click.Choice(["linear", "ffn"]),
+     "Method streamline: what replaces the removed span of layers."),
     ("--data-dir", "data.data_dir", str, "Corpora directory (else $SCULPT_DATA_DIR, else the hub)."),
     ("--calib-corpus", "data.calibration", str, "Calibration corpus: auto, wikitext2, ptb, c4, pydoc, FILE.txt, "
                                                 "FILE.jsonl (its calibration split)."),

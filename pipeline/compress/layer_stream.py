@@ -100,10 +100,12 @@ class GramAccumulator:
 @contextmanager
 def capture_inputs(modules: dict[str, nn.Module], sink: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
     """Call `sink(name, input)` with the input of each named module on every forward."""
-    handles = [
-        module.register_forward_pre_hook(lambda _m, args, _name=name: sink(_name, args[0].detach()))
-        for name, module in modules.items()
-    ]
+    def hook_for(name: str):
+        def hook(_module, args) -> None:  # returns None: a value would replace the module's input
+            sink(name, args[0].detach())
+        return hook
+
+    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
     try:
         yield
     finally:

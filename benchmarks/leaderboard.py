@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Leaderboard: every compression method on the same model, data and decoder-parameter ratios.
+
+Each configuration x ratio runs the whole pipeline (`pipeline.workflow.run_pipeline`: search,
+reform, slice, validate) on --device and is then measured: WikiText-2 test perplexity (the
+validate stage; --eval-windows 0 = the whole test split), parameters and the achieved ratio,
+prefill latency and decode tokens/s on --latency-device (default: the CPU backend) next to the
+dense model timed just before it in the same process, and the wall time of the method (search +
+reform stages). The configurations are every method registered in `pipeline.compress` (so
+methods merged later appear by themselves) plus EXTRA_CONFIGURATIONS below. Writes results.json
+(every number), leaderboard.md and two PNG charts (perplexity vs ratio; perplexity vs measured
+speed) to --out, and prints the table.
+
+Resumable: configurations already in results.json are not run again (failures are retried);
+stop it at any time and run the same command again.
+
+    python benchmarks/leaderboard.py --device cuda                  # the full board (see docs/methods.md)
+    python benchmarks/leaderboard.py --methods shortgpt --ratios 0.8 --eval-windows 2   # a quick check
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pipeline, not an installed one
+
+# ---- what the board runs (data: edit here) --------------------------------------------------------
+RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
+# Every registered method runs once with its default options, under its own name. These add more
+# configurations: a name, the method, its search options, and recipe overrides (e.g. the reform
+# stage). One whose method is not registered, or whose overrides this checkout's recipe rejects,
+# is reported as skipped.
+EXTRA_CONFIGURATIONS = (
+    {"name": "streamline-linear", "method": "streamline", "options": {"replacement": "linear"}},
+    {"name": "uniform + reform admm", "method": "uniform", "overrides": {"reform.method": "admm"}},
+    {"name": "evolution + reform admm", "method": "evolution", "overrides": {"reform.method": "admm"}},
+)
+# ------------------------------------------------------------------------------------------------
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+from benchmarks.leaderboard_report import is_final, load_results, render, save_results  # noqa: E402
+
+
+def configurations(methods) -> list[dict]:
+    registered = [{"name": name, "method": name} for name in sorted(methods)]
+    return registered + [dict(extra) for extra in EXTRA_CONFIGURATIONS]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default="bench-out/leaderboard", help="output directory (results.json, tables, charts)")
+    parser.add_argument("--model", default="default", help="source model (recipe model.source)")
+    parser.add_argument("--data-dir", default=None, help="corpora directory (else $SCULPT_DATA_DIR)")
+    parser.add_argument("--eval-corpus", default="wikitext2", help="evaluation corpus (its evaluation split)")
+    parser.add_argument("--calib-corpus", default="wikitext2", help="calibration corpus (its calibration split)")
+    parser.add_argument("--ratios", default=",".join(map(str, RATIOS)), help="decoder-parameter ratios")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated configuration or method names (a method selects all its "
+                             "configurations; default: all, see --list)")
+    parser.add_argument("--device", default="cpu", help="torch device the methods and perplexity run on: cpu, cuda")
+    parser.add_argument("--latency-device", default="cpu",
+                        help="torch device of the latency measurements (the issue asks for the CPU backend)")
+    parser.add_argument("--seq-len", type=int, default=2048, help="evaluation window length")
+    parser.add_argument("--eval-windows", type=int, default=0,
+                        help="evaluation windows: the first N of the test text (0 = all; WikiText-2 has 148 of 2048, "
+                             "~25 min per model on 2 CPU cores: pass a few on CPU)")
+    parser.add_argument("--calib-samples", type=int, default=32, help="calibration windows")
+    parser.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefill-len", type=int, default=512, help="prompt tokens timed for prefill latency")
+    parser.add_argument("--decode-prompt", type=int, default=64, help="prompt before the timed decode steps")
+    parser.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed per repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--keep-artifacts", action="store_true", help="keep each run's artifact (sliced model)")
+    parser.add_argument("--list", action="store_true", help="list the configurations and exit")
+    return parser.parse_args(argv)
+
+
+def settings_of(args) -> dict:
+    """What the numbers depend on; a results.json measured with other settings is not resumed."""
+    return {"model": args.model, "evaluation": args.eval_corpus, "seq_len": args.seq_len,
+            "eval_windows": args.eval_windows,
+            "calibration": args.calib_corpus, "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
+            "seed": args.seed, "prefill_len": args.prefill_len, "decode_prompt": args.decode_prompt,
+            "decode_tokens": args.decode_tokens, "repeats": args.repeats, "device": args.device,
+            "latency_device": args.latency_device}
+
+
+def recipe_for(args, config: dict, ratio: float, root: Path):
+    from pipeline.recipe import build_recipe
+
+    overrides = {"model.source": args.model, "model.device": args.device, "output": str(root), "seed": args.seed,
+                 "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
+                 "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
+                 "validate.seq_len": args.seq_len, "validate.max_windows": args.eval_windows or None,
+                 "validate.compare_source": False, "search.method": config["method"], "search.ratio": ratio,
+                 "search.options": config.get("options", {}), **config.get("overrides", {})}
+    if args.data_dir:
+        overrides["data.data_dir"] = args.data_dir
+    return build_recipe(None, overrides, where=f"configuration {config['name']!r}")
+
+
+def timings(model, args) -> dict:
+    from validators.latency import decode_throughput, prefill_latency
+
+    prefill = prefill_latency(model, args.prefill_len, repeats=args.repeats)
+    decode = decode_throughput(model, prompt_len=args.decode_prompt, new_tokens=args.decode_tokens,
+                               repeats=args.repeats)
+    return {"prefill_s": prefill.median_s, "prefill": prefill.as_dict(), "decode_tokens_per_s": decode.tokens_per_s,
+            "decode": decode.as_dict()}
+
+
+def measure_latency(model_dir: Path, dense, args) -> dict:
+    """The sculpted model's timings next to the dense model's (`dense` on the latency device), measured
+    just before, in this process."""
+    from transformers import AutoModelForCausalLM
+
+    sculpted = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dense.dtype).to(args.latency_device).eval()
+    reference, measured = timings(dense, args), timings(sculpted, args)
+    return {**measured, "dense": reference,
+            "prefill_speedup": reference["prefill_s"] / measured["prefill_s"],
+            "decode_speedup": measured["decode_tokens_per_s"] / reference["decode_tokens_per_s"]}
+
+
+def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
+    from pipeline.artifacts import read_manifest
+    from pipeline.compress import METHODS
+    from pipeline.errors import SculptError
+    from pipeline.workflow import run_pipeline
+
+    if config["method"] not in METHODS:
+        return {"status": "skipped", "reason": f"method {config['method']!r} is not registered in this checkout"}
+    root = artifact_root(out, config, ratio)
+    try:
+        recipe = recipe_for(args, config, ratio, root)
+    except SculptError as err:
+        return {"status": "skipped", "reason": str(err)}
+    try:
+        artifact = run_pipeline(recipe, progress=True)
+    except SculptError as err:
+        return {"status": "n/a", "reason": str(err)}
+    stages = {s.name: s for s in read_manifest(artifact.path).stages}
+    search, validate = stages["search"], stages["validate"]
+    reform = stages.get("reform")
+    entry = {"status": "done", "ppl": validate.metrics["ppl"], "eval_tokens": validate.metrics["eval_tokens"],
+             "params": validate.metrics["params"], "decoder_params": search.metrics["decoder_params"],
+             "achieved_ratio": search.metrics["decoder_ratio"], "search_wall_s": search.wall_s,
+             "reform_wall_s": reform.wall_s if reform is not None else 0.0,
+             "reform": reform.status if reform is not None else None,
+             "layers": search.metrics.get("layers"), "removed_layers": search.metrics.get("removed_layers")}
+    entry["method_wall_s"] = entry["search_wall_s"] + entry["reform_wall_s"]
+    entry["latency"] = measure_latency(artifact.path / "slice" / "model", timed_dense, args)
+    return entry
+
+
+def artifact_root(out: Path, config: dict, ratio: float) -> Path:
+    return out / "artifacts" / slug(config["name"]) / f"r{ratio:g}"
+
+
+def drop_artifacts(root: Path) -> None:
+    """Remove a measured run's artifacts (a sliced model per run adds up to gigabytes) and emptied parents."""
+    shutil.rmtree(root, ignore_errors=True)
+    for parent in (root.parent, root.parent.parent):
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+def dense_entry(args, dense, timed_dense, tokenizer) -> dict:
+    from pipeline.data import evaluation_ids, load_corpus
+    from validators.perplexity import perplexity
+    from validators.runners import TorchRunner
+
+    ids = evaluation_ids(tokenizer, load_corpus(args.eval_corpus, "evaluation", args.data_dir), args.seq_len)
+    result = perplexity(TorchRunner(dense), ids, args.seq_len, args.eval_windows or None)
+    params = sum(p.numel() for p in dense.parameters())
+    return {"status": "done", "ppl": result.ppl, "eval_tokens": result.tokens, "params": params,
+            "achieved_ratio": 1.0, "method_wall_s": 0.0, "latency": {**timings(timed_dense, args), "prefill_speedup": 1.0,
+                                                                      "decode_speedup": 1.0}}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pipeline.compress import METHODS
+    from pipeline.errors import SculptError
+    from pipeline.models.loading import load_model
+
+    configs = configurations(METHODS)
+    if args.list:
+        for config in configs:
+            state = "" if config["method"] in METHODS else "  (not registered: skipped)"
+            print(f"{config['name']}: method {config['method']}, options {config.get('options', {})}, "
+                  f"overrides {config.get('overrides', {})}{state}")
+        return 0
+    if args.methods:
+        wanted = {c.strip() for c in args.methods.split(",")}
+        unknown = sorted(wanted - {c["name"] for c in configs} - {c["method"] for c in configs})
+        if unknown:
+            print(f"error: unknown configuration(s) or method(s) {unknown}; see --list", file=sys.stderr)
+            return 2
+        configs = [c for c in configs if c["name"] in wanted or c["method"] in wanted]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results = load_results(out, settings_of(args))
+    except SculptError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    loaded = load_model(args.model, device=args.device)
+    dense = loaded.model
+    # The dense model timed next to every sculpted one lives on the latency device.
+    timed_dense = dense if torch.device(args.device) == torch.device(args.latency_device) else \
+        copy.deepcopy(dense).to(args.latency_device)
+    if "dense" not in results["entries"]:
+        print("> dense: perplexity and latency", file=sys.stderr)
+        results["entries"]["dense"] = {"config": "dense", "ratio": 1.0,
+                                       **dense_entry(args, dense, timed_dense, loaded.tokenizer)}
+        save_results(out, results)
+    todo = [(c, r) for c in configs for r in ratios]
+    for number, (config, ratio) in enumerate(todo, 1):
+        key = f"{config['name']}@{ratio:g}"
+        if is_final(results["entries"].get(key)):
+            continue
+        print(f"> [{number}/{len(todo)}] {key}", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        try:
+            entry = run_entry(args, config, ratio, timed_dense, out)
+        except Exception as err:  # one broken configuration must not stop hours of measurements
+            traceback.print_exc()
+            entry = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+        entry.update(config=config["name"], method=config["method"], ratio=ratio,
+                     options=config.get("options", {}), overrides=config.get("overrides", {}),
+                     entry_wall_s=time.perf_counter() - began)
+        results["entries"][key] = entry
+        save_results(out, results)
+        if is_final(entry) and not args.keep_artifacts:
+            drop_artifacts(artifact_root(out, config, ratio))
+        print(f"  {entry['status']}" + (f": {entry['reason']}" if "reason" in entry else
+                                         f": ppl {entry['ppl']:.3f}") + f" ({entry['entry_wall_s']:.0f} s)",
+              file=sys.stderr, flush=True)
+    print(render(out, results, [c["name"] for c in configs], ratios))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
