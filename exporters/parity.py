@@ -16,7 +16,9 @@ from pipeline.errors import SculptError
 from .onnx_io import LOGITS
 
 # Max |Δlogits| allowed per precision, relative to the largest |logit| (at least 1).
-TOLERANCE = {"fp32": 1e-5, "fp16": 2e-2}
+# fp32: ONNX Runtime and torch sum GEMMs in different orders; on a sculpted SmolLM2 (30 layers, logits
+# up to ~27) that reaches 6.8e-4 = 2.5e-5 of the logit scale, with every greedy token identical.
+TOLERANCE = {"fp32": 5e-5, "fp16": 2e-2}
 
 
 @dataclass(frozen=True)

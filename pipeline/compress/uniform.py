@@ -18,6 +18,7 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
+from ..errors import SculptError
 from ..models.slicing import slice_model
 from ..models.spec import ArchSpec, BaseDims, attention_parameters, mlp_parameters
 from .fitness import calibration_perplexity
@@ -60,6 +61,22 @@ def candidate_shapes(base: BaseDims, ratio: float, mlp_multiple: int) -> list[tu
     return candidates
 
 
+def smallest_ratio(base: BaseDims, mlp_multiple: int) -> float:
+    """The lowest ratio a uniform layer can reach: the smallest attention shape and one MLP multiple."""
+    smallest = attention_shapes(base)[0]
+    floor = (attention_parameters(base, smallest.num_heads, smallest.num_kv_heads)
+             + mlp_parameters(base, min(mlp_multiple, base.intermediate_size)))
+    return floor / layer_budget(base, 1.0)
+
+
+def too_small(base: BaseDims, ratio: float, mlp_multiple: int) -> SculptError:
+    return SculptError(
+        f"ratio {ratio} is too small for the uniform method on this model: every layer keeps at least one KV "
+        f"group, one query head and {mlp_multiple} MLP channels, {smallest_ratio(base, mlp_multiple):.3f} of its "
+        "parameters; use a larger --ratio, a smaller search.options.mlp_multiple, or a method that removes "
+        "whole layers (shortgpt, sleb, streamline)")
+
+
 def uniform_spec(base: BaseDims, importance: list[LayerImportance], shape: AttentionShape, width: int,
                  notes: dict | None = None) -> ArchSpec:
     layers = tuple(layer_spec(i, imp, base, shape, width) for i, imp in enumerate(importance))
@@ -73,10 +90,15 @@ def run_uniform(ctx: MethodContext, ratio: float, options: UniformOptions) -> Me
     notes = {"method": "uniform", "split": options.split, "mlp_multiple": options.mlp_multiple}
     if options.split == "proportional":
         shape, width = proportional_shape(ctx.base, ratio, options.mlp_multiple)
+        if width <= 0:
+            raise too_small(ctx.base, ratio, options.mlp_multiple)
         return MethodResult(spec=uniform_spec(ctx.base, importance, shape, width, notes))
+    candidates = candidate_shapes(ctx.base, ratio, options.mlp_multiple)
+    if not candidates:
+        raise too_small(ctx.base, ratio, options.mlp_multiple)
     windows = ctx.calibration[: options.fitness_windows]
     tried = {}
-    for shape, width in tqdm(candidate_shapes(ctx.base, ratio, options.mlp_multiple), desc="uniform split",
+    for shape, width in tqdm(candidates, desc="uniform split",
                              unit="shape", disable=not ctx.progress):
         spec = uniform_spec(ctx.base, importance, shape, width, notes)
         tried[(shape, width)] = (calibration_perplexity(slice_model(ctx.model, spec), windows, ctx.batch_size), spec)

@@ -105,3 +105,12 @@ def test_proportional_split_rounds_attention_to_whole_heads():
     base = adapter_for(tiny_model("llama").config).dims(tiny_model("llama").config)
     shape, width = proportional_shape(base, 0.5, 8)
     assert shape.num_heads * 2 <= 6 + 2 and width % 8 == 0
+
+
+@pytest.mark.parametrize("split", ["calibrated", "proportional"])
+def test_a_ratio_below_the_smallest_uniform_layer_is_a_clear_error(split):
+    from pipeline.errors import SculptError
+
+    model = tiny_model("llama")  # MLP width 64: one multiple of 64 channels is the whole MLP
+    with pytest.raises(SculptError, match=r"ratio 0.2 is too small .* use a larger --ratio"):
+        run_uniform(context(model), 0.2, UniformOptions(mlp_multiple=64, split=split))
