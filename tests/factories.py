@@ -67,3 +67,11 @@ def tiny_checkpoint(directory: Path, model_type: str = "llama", seed: int = 0, *
     tiny_model(model_type, seed, **overrides).save_pretrained(directory)
     char_tokenizer().save_pretrained(directory)
     return directory
+
+
+def light_validate_recipe(directory: Path) -> Path:
+    """A recipe with a short validate workload, for tests about the CLI and methods rather than timings."""
+    recipe = Path(directory) / "light-validate.yaml"
+    recipe.write_text("validate:\n  prefill_lengths: [16]\n  decode_batch_sizes: [1]\n  decode_new_tokens: 4\n"
+                      "  repeats: 1\n  memory: false\n")
+    return recipe

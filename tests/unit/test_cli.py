@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from tests.factories import tiny_checkpoint
+from tests.factories import light_validate_recipe, tiny_checkpoint
 
 CORPUS = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}." for i in range(400))
 
@@ -22,9 +22,7 @@ def tiny_run(tmp_path):
     model = tiny_checkpoint(tmp_path / "model")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS)
-    recipe = tmp_path / "recipe.yaml"  # a short validate workload: these tests are about the CLI, not timings
-    recipe.write_text("validate:\n  prefill_lengths: [16]\n  decode_batch_sizes: [1]\n  decode_new_tokens: 4\n"
-                      "  repeats: 1\n  memory: false\n")
+    recipe = light_validate_recipe(tmp_path)  # these tests are about the CLI, not timings
     args = ["run", str(recipe), "--model", str(model), "--calib-corpus", str(corpus), "--eval-corpus", str(corpus),
             "--calib-samples", "4", "--calib-seqlen", "32", "--seq-len", "64", "--max-windows", "2",
             "--ratio", "0.6", "--out", str(tmp_path / "artifacts"), "--quiet"]

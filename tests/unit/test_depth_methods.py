@@ -231,11 +231,12 @@ def test_sculpt_run_gives_a_sliced_model_that_reloads_and_generates(flags, tmp_p
     from click.testing import CliRunner
 
     from pipeline.cli import cli
-    from tests.factories import tiny_checkpoint
+    from tests.factories import light_validate_recipe, tiny_checkpoint
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i % 7}." for i in range(300)))
-    args = ["run", "--model", str(tiny_checkpoint(tmp_path / "model", num_hidden_layers=6)), "--calib-corpus",
+    model = tiny_checkpoint(tmp_path / "model", num_hidden_layers=6)
+    args = ["run", str(light_validate_recipe(tmp_path)), "--model", str(model), "--calib-corpus",
             str(corpus), "--eval-corpus", str(corpus), "--calib-samples", "8", "--calib-seqlen", "32", "--seq-len", "64",
             "--max-windows", "2", "--out", str(tmp_path / "a"), "--quiet", *flags]
     result = CliRunner().invoke(cli, args, env={"SCULPT_DATA_DIR": None}, catch_exceptions=False)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 import pipeline  # noqa: F401  (registers the sculpted model with the Auto classes)
 from pipeline.cli import cli
 from pipeline.models.spec import ArchSpec
-from tests.factories import tiny_checkpoint
+from tests.factories import light_validate_recipe, tiny_checkpoint
 from tests.unit.test_cli import CORPUS
 
 
@@ -20,7 +20,8 @@ def test_cli_run_with_a_width_method_gives_a_model_that_reloads_and_generates(me
     model_dir = tiny_checkpoint(tmp_path / "model")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS)
-    args = ["run", "--method", method, "--model", str(model_dir), "--calib-corpus", str(corpus),
+    args = ["run", str(light_validate_recipe(tmp_path)), "--method", method, "--model", str(model_dir),
+            "--calib-corpus", str(corpus),
             "--eval-corpus", str(corpus), "--calib-samples", "4", "--calib-seqlen", "32", "--seq-len", "32",
             "--max-windows", "1", "--ratio", "0.7", "--out", str(tmp_path / "artifacts"), "--quiet"]
     result = CliRunner().invoke(cli, args, env={"SCULPT_DATA_DIR": None}, catch_exceptions=False)
