@@ -18,6 +18,7 @@ from pipeline.models.adapters import adapter_for
 from pipeline.models.loading import load_model
 from pipeline.models.slicing import mask_weights, slice_model
 from pipeline.models.spec import ArchSpec, LayerSpec, decoder_ratio, total_parameters
+from tests.factories import light_validate_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -108,8 +109,7 @@ def test_sculpted_80_percent_reloads_in_a_fresh_process_both_ways(smollm2, tmp_p
 
 
 def test_sculpt_run_on_the_default_model_offline(tmp_path):
-    recipe = tmp_path / "light-validate.yaml"  # the whole pipeline; validate times fewer shapes to keep CI short
-    recipe.write_text("validate: {prefill_lengths: [64], decode_batch_sizes: [1], repeats: 2, memory: false}\n")
+    recipe = light_validate_recipe(tmp_path)  # the whole pipeline; validate times fewer shapes to keep CI short
     result = CliRunner().invoke(cli, [
         "run", str(recipe), "--ratio", "0.8", "--calib-corpus", "pydoc", "--eval-corpus", "pydoc",
         "--calib-samples", "4", "--calib-seqlen", "128", "--seq-len", "256", "--max-windows", "2",
