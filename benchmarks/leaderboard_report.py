@@ -8,6 +8,7 @@ import platform
 import time
 from pathlib import Path
 
+from benchmarks.charts import ppl_vs_ratio
 from pipeline.errors import SculptError
 
 RESULTS = "results.json"
@@ -130,19 +131,12 @@ def charts(out: Path, results: dict, config_names: list[str]) -> None:
                            key=lambda e: e["achieved_ratio"]) for name in config_names}
     series = {name: points for name, points in series.items() if points}
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, points in series.items():
-        ax.plot([p["achieved_ratio"] for p in points], [p["ppl"] for p in points], marker="o", label=name)
-    if dense:
-        ax.axhline(dense["ppl"], color="black", linestyle=":", label=f"dense ({dense['ppl']:.1f})")
-    ax.set(xlabel="decoder parameters kept (achieved ratio)", ylabel=f"{results['settings']['evaluation']} perplexity (log)", yscale="log",
-           title="Perplexity vs parameter ratio")
-    ax.invert_xaxis()
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "ppl_vs_ratio.png", dpi=120)
-    plt.close(fig)
+    evaluation = results["settings"]["evaluation"]
+    ppl_vs_ratio(out / "ppl_vs_ratio.png", {name: [(p["achieved_ratio"], p["ppl"]) for p in points]
+                                            for name, points in series.items()},
+                 dense["ppl"] if dense else None, "Perplexity vs parameter ratio",
+                 ylabel=f"{evaluation} perplexity (log)", xlabel="decoder parameters kept (achieved ratio)",
+                 size=(8, 5.5))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for ax, key, label in ((axes[0], "decode_speedup", "decode tokens/s vs dense (x)"),
@@ -156,7 +150,7 @@ def charts(out: Path, results: dict, config_names: list[str]) -> None:
             ax.plot([1.0], [dense["ppl"]], marker="*", color="black", markersize=12, linestyle="", label="dense")
         ax.set(xlabel=label, yscale="log")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel(f"{results['settings']['evaluation']} perplexity (log)")
+    axes[0].set_ylabel(f"{evaluation} perplexity (log)")
     axes[1].legend(fontsize=8)
     fig.suptitle("Perplexity vs measured CPU speed (labels: target ratio)")
     fig.tight_layout()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.charts import ppl_vs_ratio  # noqa: E402
 from pipeline.compress import get_method, parse_options  # noqa: E402
 from pipeline.compress.layer_reform import ReformSettings, reform_sculpted, with_output_biases  # noqa: E402
 from pipeline.compress.registry import MethodContext  # noqa: E402
@@ -186,27 +187,13 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = {}
     for method in args.methods:
         samples = 0 if method == "none" else args.reform_samples
-        points = sorted((r["ratio"], r["ppl"]) for r in rows
-                        if r["search"] == "uniform" and r["method"] == method and r["samples"] == samples)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=LABELS[method])
-    ax.axhline(rows[0]["ppl"], color="gray", ls="--", lw=1, label="dense")
-    ax.set_yscale("log")
-    ax.set_xlabel("decoder parameters kept (ratio)")
-    ax.set_ylabel("evaluation perplexity")
-    ax.set_title(f"reform after uniform pruning ({args.reform_samples} x {args.reform_seqlen} windows)", fontsize=10)
-    ax.invert_xaxis()
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        series[LABELS[method]] = [(r["ratio"], r["ppl"]) for r in rows
+                                  if r["search"] == "uniform" and r["method"] == method and r["samples"] == samples]
+    ppl_vs_ratio(path, series, rows[0]["ppl"],
+                 f"reform after uniform pruning ({args.reform_samples} x {args.reform_seqlen} windows)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.charts import ppl_vs_ratio  # noqa: E402
 from pipeline.artifacts import read_manifest  # noqa: E402
 from pipeline.recipe import build_recipe  # noqa: E402
 from pipeline.workflow import run_pipeline  # noqa: E402
@@ -78,6 +79,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+STAGES = ("search", "reform", "slice", "validate")  # no export/build: this compares architectures
+
+
 def run_one(args, out: Path, method: str, ratio: float, options: dict) -> dict:
     label = method + ("-latency" if "latency_speedup" in options else "")
     overrides = {
@@ -87,9 +91,11 @@ def run_one(args, out: Path, method: str, ratio: float, options: dict) -> dict:
         "search.method": method, "search.ratio": ratio, "search.options": options, "reform.method": args.reform,
         "validate.seq_len": args.eval_seqlen, "validate.max_windows": args.eval_windows or None,
         "validate.compare_source": True, "output": str(out / "artifacts" / f"{label}-{ratio}"),
+        # perplexity only: the decode speed-up is timed below, dense and sliced side by side
+        "validate.backends": ["torch"], "validate.latency": False, "validate.memory": False,
     }
     print(f"\n=== {label} at ratio {ratio} (reform: {args.reform})", flush=True)
-    artifact = run_pipeline(build_recipe(None, overrides, where="benchmark flags"), progress=not args.quiet)
+    artifact = run_pipeline(build_recipe(None, overrides, where="benchmark flags"), STAGES, progress=not args.quiet)
     stages = {s.name: s for s in read_manifest(artifact.path).stages}
     report = json.loads((artifact.path / "validate" / "report.json").read_text())
     search = stages["search"].metrics
@@ -156,25 +162,9 @@ def markdown(rows: list[dict], args) -> str:
 
 
 def plot(rows: list[dict], path: Path, args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, color in (("uniform", "tab:orange"), ("evolution", "tab:blue")):
-        points = sorted((r["ratio"], r["ppl"]) for r in rows if r["method"] == method)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=color, label=method)
-    ax.axhline(rows[0]["dense_ppl"], color="gray", ls="--", lw=1, label="dense")
-    ax.set_yscale("log")
-    ax.set_xlabel("decoder parameters kept (ratio)")
-    ax.set_ylabel("evaluation perplexity")
-    ax.set_title(f"search vs uniform init (reform: {args.reform})", fontsize=10)
-    ax.invert_xaxis()
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {method: [(r["ratio"], r["ppl"]) for r in rows if r["method"] == method]
+              for method in ("uniform", "evolution")}
+    ppl_vs_ratio(path, series, rows[0]["dense_ppl"], f"search vs uniform init (reform: {args.reform})")
 
 
 if __name__ == "__main__":

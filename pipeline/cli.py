@@ -77,7 +77,7 @@ def overrides_from(params: dict) -> dict:
     for _flag, key, _kind, _text in RECIPE_FLAGS:
         value = params.get(key.replace(".", "__"))
         if value is not None:
-            out[key] = None if (key == "validate.max_windows" and value == 0) else value
+            out[key] = value
     return out
 
 

@@ -107,7 +107,7 @@ class GatesSection(Section):
 
 class ValidateSection(Section):
     seq_len: int = Field(2048, ge=2)  # evaluation window length (2048 in the papers)
-    max_windows: int | None = Field(8, ge=1)  # cap on evaluation windows; null = the whole evaluation split
+    max_windows: int | None = Field(8, ge=0)  # cap on evaluation windows; 0 or null = the whole evaluation split
     compare_source: bool = True  # also measure the source model, for perplexity before/after
     backends: list[Literal["torch", "onnxruntime", "tensorrt"]] | Literal["auto"] = "auto"  # "auto" = every backend available for the artifact; a list = these, each required
     prefill_lengths: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128, 512], min_length=1)  # prompt lengths whose prefill latency is timed
@@ -124,6 +124,11 @@ class ValidateSection(Section):
     baseline: str | None = None  # a previous artifact version (or a root of versions: its latest) to compare with
     baseline_tolerance: float = Field(1.0, ge=0)  # percent: perplexity may exceed the baseline's by at most this
     baseline_speed_tolerance: float | None = Field(None, ge=0)  # percent: decode speed-up may drop below the baseline's by at most this
+
+    @field_validator("max_windows")
+    @classmethod
+    def _all_windows(cls, value: int | None) -> int | None:
+        return None if value == 0 else value  # 0 means "all", as --max-windows 0 does
 
     @field_validator("backends", "prefill_lengths", "decode_batch_sizes", mode="before")
     @classmethod

@@ -225,6 +225,8 @@ def run_generations(search: EvolutionSearch, seeds: list[Genome], checkpoint: Ca
             row = search.initial(seeds, bar.update) if search.generation < 0 else search.step(bar.update)
             row.update(describe())
             checkpoint(search.state_dict())
+            # generation 0 scores every legal seed, which may outnumber the population
+            bar.total = bar.n + opts.population * (opts.generations - search.generation)
             bar.set_postfix(gen=search.generation, best_ppl=f"{search.best.ppl:.3f}")
             if time.perf_counter() - began > limit and search.generation < opts.generations:
                 return True

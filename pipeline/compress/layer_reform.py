@@ -25,33 +25,10 @@ from tqdm.auto import tqdm
 from ..models.adapters import FamilyAdapter, adapter_for
 from ..models.slicing import head_rows
 from ..models.spec import ArchSpec, LayerSpec
-from .layer_stream import LayerStream, capture_inputs
+from .layer_stream import GramAccumulator, LayerStream, capture_inputs
 from .reformation import ADMM_ITERATIONS, ADMM_RHO, output_error, reform_columns
 
 PROJECTIONS = ("o_proj", "down_proj")
-
-
-# ---- statistics ---------------------------------------------------------------
-class InputMoments:
-    """E[x x^T] and E[x] of a projection's inputs: per window in float32, summed in float64."""
-
-    def __init__(self) -> None:
-        self.gram: torch.Tensor | None = None
-        self.total: torch.Tensor | None = None
-        self.tokens = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
-        gram, total = (x.T @ x).double().cpu(), x.sum(dim=0).double().cpu()
-        self.gram = gram if self.gram is None else self.gram.add_(gram)
-        self.total = total if self.total is None else self.total.add_(total)
-        self.tokens += x.shape[0]
-
-    def second_moment(self) -> torch.Tensor:
-        return self.gram / self.tokens
-
-    def mean(self) -> torch.Tensor:
-        return self.total / self.tokens
 
 
 class _Stop(Exception):
@@ -199,12 +176,12 @@ class _Reformer:
         self.seconds[what] += spent
         return spent
 
-    def fix(self, dense_layer: nn.Module, layer: nn.Module, module: str, moments: InputMoments, step: _Step,
+    def fix(self, dense_layer: nn.Module, layer: nn.Module, module: str, moments: GramAccumulator, step: _Step,
             statistics_s: float) -> None:
         started, kept, settings = time.perf_counter(), step.kept[module], self.settings
         original = _projection(self.adapter, dense_layer, module)
         weight = original.weight.detach().double().cpu()
-        second, mean = moments.second_moment(), moments.mean()
+        second, mean = moments.mean().cpu(), moments.input_mean().cpu()
         fix = reform_columns(settings.method, weight, second, mean, kept, settings.rho, settings.iterations)
         target = _projection(self.adapter, layer, module)
         self._store(target.weight, fix.weight)
@@ -251,11 +228,11 @@ class _SequentialLayer:
             return out[0] if isinstance(out, tuple) else out
         return sublayer(norm(hidden))
 
-    def collect(self, module: str, kept: torch.Tensor | None) -> InputMoments | None:
+    def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
         if kept is None:
             return None
         projection = _projection(self.adapter, self.dense_layer, module)
-        moments, self.kept_inputs = InputMoments(), []
+        moments, self.kept_inputs = GramAccumulator(), []
         for hidden in self.stream.hidden:
             x = projection_input(projection, lambda: self._run(self.dense_layer, module, hidden))
             moments.add(x)
@@ -283,11 +260,11 @@ class _OriginalLayer:
                  kept: dict[str, torch.Tensor]) -> None:
         self.stream, self.dense_layer = stream, dense_layer
         self.projections = {name: _projection(adapter, dense_layer, name) for name in kept}
-        self.moments: dict[str, InputMoments] = {}
+        self.moments: dict[str, GramAccumulator] = {}
 
-    def collect(self, module: str, kept: torch.Tensor | None) -> InputMoments | None:
+    def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
         if module == PROJECTIONS[0]:  # one dense pass gives every statistic and the layer's output
-            self.moments = {name: InputMoments() for name in self.projections}
+            self.moments = {name: GramAccumulator() for name in self.projections}
             with capture_inputs(self.projections, lambda name, x: self.moments[name].add(x)):
                 self.outputs = self.stream.run(self.dense_layer)
         return self.moments.get(module)

@@ -55,6 +55,9 @@ class LayerStream:
         return out[0] if isinstance(out, tuple) else out
 
 
+GRAM_BLOCK = 512  # columns per block row of X^T X (see GramAccumulator.add)
+
+
 class GramAccumulator:
     """Running sums over every token fed to a linear layer's input (float64).
 
@@ -65,18 +68,33 @@ class GramAccumulator:
 
     def __init__(self, full: bool = True) -> None:
         self.full = full
-        self.gram: torch.Tensor | None = None  # X^T X, or its diagonal when not full
+        self._sum_of_squares: torch.Tensor | None = None  # upper triangle of X^T X, or its diagonal when not full
         self.total: torch.Tensor | None = None  # sum of x
         self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
+        if self._sum_of_squares is None:
+            shape = (x.shape[1], x.shape[1]) if self.full else (x.shape[1],)
+            self._sum_of_squares = torch.zeros(shape, dtype=torch.float64, device=x.device)
+            self.total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
         # A window's partial product is exact enough in float32; the running sum is float64.
-        partial = (x.T @ x if self.full else x.pow(2).sum(dim=0)).double()
-        total = x.sum(dim=0).double()
-        self.gram = partial if self.gram is None else self.gram + partial
-        self.total = total if self.total is None else self.total + total
+        if self.full:  # block rows of the upper triangle only: ~40% fewer flops than x.T @ x for wide inputs
+            for start in range(0, x.shape[1], GRAM_BLOCK):
+                stop = start + GRAM_BLOCK
+                self._sum_of_squares[start:stop, start:] += x[:, start:stop].T @ x[:, start:]
+        else:
+            self._sum_of_squares += x.pow(2).sum(dim=0)
+        self.total += x.sum(dim=0)
         self.tokens += x.shape[0]
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """X^T X summed over every token (symmetric), or its diagonal when not full."""
+        if not self.full:
+            return self._sum_of_squares
+        upper = self._sum_of_squares.triu()
+        return upper + upper.triu(1).T
 
     def mean(self) -> torch.Tensor:
         """E[x x^T] over tokens (so statistics from different sample counts compare)."""
@@ -86,7 +104,8 @@ class GramAccumulator:
 
     def square_mean(self) -> torch.Tensor:
         """E[x_j^2] per input channel."""
-        return (self.gram.diagonal() if self.full else self.gram) / max(self.tokens, 1)
+        squares = self._sum_of_squares.diagonal() if self.full else self._sum_of_squares
+        return squares / max(self.tokens, 1)
 
     def input_mean(self) -> torch.Tensor:
         """E[x_j] per input channel."""

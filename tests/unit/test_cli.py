@@ -1,6 +1,10 @@
 """The `sculpt` CLI end to end on a tiny model, and its one-line errors for bad input."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -53,6 +57,49 @@ def test_running_the_same_recipe_again_resumes_without_redoing_stages(tiny_run):
     # search, slice, export, validate (reform re-records its skip; build retries, as TensorRT may have appeared)
     assert again.output.count("up to date") == 4
     assert not (tmp_path / "artifacts" / "v0002").exists()
+
+
+# Runs `sculpt` in a child process whose `stage` function, once it has done its work (files written
+# into the stage's working directory), SIGKILLs the process: no handler, no cleanup, as with `kill -9`.
+KILLED_RUN = """
+import os, signal, sys
+from pipeline.cli import cli
+from pipeline.stages import {stage} as stage
+real = stage.{function}
+def killed(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+stage.{function} = killed
+cli.main(args=sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("stage, function, done_before", [
+    ("reform", "reform_sculpted", ["search"]),
+    ("export", "export_checked", ["search", "reform", "slice"]),
+])
+def test_a_run_killed_inside_a_stage_resumes_from_that_stage_and_verifies(tiny_run, stage, function, done_before):
+    tmp_path, args = tiny_run
+    args = [*args, "--reform", "admm"]
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env.pop("SCULPT_DATA_DIR", None)
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN.format(stage=stage, function=function), *args],
+                            cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    version = tmp_path / "artifacts" / "v0001"
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"] if s["status"] == "done"] == done_before
+
+    again = sculpt(*args)
+    assert again.exit_code == 0, again.output
+    for name in done_before:  # the completed stages are not redone
+        assert f"{name}: up to date" in again.output
+    assert f"{stage}: up to date" not in again.output
+    assert not (tmp_path / "artifacts" / "v0002").exists()
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert all(s["status"] in ("done", "skipped") for s in manifest["stages"])
+    assert sculpt("verify", str(version)).exit_code == 0
 
 
 def test_verify_fails_on_a_tampered_file(tiny_run):

@@ -37,3 +37,13 @@ def test_bad_recipes_name_the_problem(tmp_path, text, words):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(SculptError, match="not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("text", ["validate:\n  max_windows: 0\n", "validate:\n  max_windows: null\n"])
+def test_zero_or_null_windows_mean_the_whole_split_in_a_file_as_on_the_command_line(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    assert load_recipe(path).validate_.max_windows is None
+    assert load_recipe(tmp_path / "r.yaml", {"validate.max_windows": 0}).validate_.max_windows is None
+    with pytest.raises(SculptError, match="validate.max_windows"):
+        load_recipe(path, {"validate.max_windows": -1})
