@@ -26,7 +26,6 @@ def test_the_impossible_gate_allows_no_perplexity_increase():
     assert load_recipe(EXAMPLES / "impossible-gate.yaml").validate_.gates.active() == {"max_ppl_increase": 0}
 
 
-@pytest.mark.skipif("export" not in Recipe.model_fields, reason="the export and build stages are not merged yet")
 @pytest.mark.parametrize("name", sorted(NEEDS_EXPORT))
 def test_gpu_examples_load_with_the_export_and_build_sections(name):
     recipe = load_recipe(EXAMPLES / name)
