@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.compress.layer_reform import ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
+from pipeline.compress.layer_stream import GramAccumulator
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import ArchSpec
@@ -88,3 +89,17 @@ def test_pruned_inputs_names_only_the_projections_that_lost_inputs():
     spec = pruned_spec(dense)
     assert set(pruned_inputs(spec.layers[2], spec)) == {"o_proj"}
     assert pruned_inputs(spec.layers[0], spec)["o_proj"].tolist() == [*range(0, 16), *range(24, 40)]
+
+
+@pytest.mark.parametrize("width", [7, 512, 1100])  # below, at and across the block size
+def test_input_moments_accumulate_the_exact_symmetric_gram_over_windows(width):
+    windows = [torch.randn(2, 33, width) for _ in range(3)]
+    exact = torch.cat([w.reshape(-1, width) for w in windows]).double()
+    full, diagonal = GramAccumulator(), GramAccumulator(full=False)
+    for window in windows:
+        full.add(window)
+        diagonal.add(window)
+    assert torch.equal(full.gram, full.gram.T) and full.tokens == 198
+    torch.testing.assert_close(full.mean(), exact.T @ exact / 198, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full.input_mean(), exact.mean(dim=0))
+    torch.testing.assert_close(diagonal.square_mean(), full.mean().diagonal(), rtol=1e-5, atol=1e-6)
