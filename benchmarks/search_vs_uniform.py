@@ -97,11 +97,10 @@ def run_one(args, out: Path, method: str, ratio: float, options: dict) -> dict:
     print(f"\n=== {label} at ratio {ratio} (reform: {args.reform})", flush=True)
     artifact = run_pipeline(build_recipe(None, overrides, where="benchmark flags"), STAGES, progress=not args.quiet)
     stages = {s.name: s for s in read_manifest(artifact.path).stages}
-    report = json.loads((artifact.path / "validate" / "report.json").read_text())
-    search = stages["search"].metrics
+    search, validate = stages["search"].metrics, stages["validate"].metrics
     row = {"method": label, "ratio": ratio, "decoder_ratio": search["decoder_ratio"],
-           "layers": search["layers"], "ppl": report["sculpted"]["perplexity"]["ppl"],
-           "dense_ppl": report["source"]["perplexity"]["ppl"],
+           "layers": search["layers"], "ppl": validate["ppl"], "dense_ppl": validate["ppl_source"],
+           "eval_tokens": validate["eval_tokens"], "reform_seconds": stages["reform"].wall_s,
            "search_seconds": stages["search"].wall_s, "search_ppl": search.get("search_ppl"),
            "seed_ppl": search.get("seed_ppl"), "predicted_speedup": search.get("predicted_speedup"),
            "artifact": str(artifact.path)}

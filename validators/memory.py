@@ -87,11 +87,23 @@ def current_rss() -> int | None:
 
 
 def peak_rss() -> int:
-    """This process's peak resident memory so far (getrusage: KiB on Linux, bytes on macOS)."""
+    """This process's own peak resident memory so far.
+
+    On Linux it is the address space's high-water mark (VmHWM in /proc/self/status). getrusage's
+    ru_maxrss is not: it also holds the peak of the process this one was spawned from (the parent's
+    address space is counted at exec), so a probe started by a large `sculpt` process reported the
+    parent's peak as the model's."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes; elsewhere KiB
 
 
 def _exit_with_parent(parent_pid: int) -> None:
