@@ -48,8 +48,8 @@ def main() -> None:
         print_row(rows[-1])
     if args.latency_speedup:
         # the table is timed at the context the speed-up is then measured at
-        budget = {"latency_context": args.decode_context, **options, "latency_speedup": args.latency_speedup}
-        rows.append(run_one(args, out, "evolution", args.latency_ratio, budget))
+        latency_options = {"latency_context": args.decode_context, **options, "latency_speedup": args.latency_speedup}
+        rows.append(run_one(args, out, "evolution", args.latency_ratio, latency_options))
         print_row(rows[-1])
     table = markdown(rows, args)
     results = {"settings": vars(args), "rows": rows, "total_seconds": round(time.perf_counter() - began, 1)}
@@ -97,11 +97,12 @@ def ceil_ratio(ratio: float) -> float:
 def run_one(args, out: Path, method: str, ratio: float, options: dict, budget: float | None = None) -> dict:
     """One pipeline run at target `ratio`; `budget` (default: the target) is the decoder-ratio cap it gets."""
     label = method + ("-latency" if "latency_speedup" in options else "")
+    budget = budget or ratio
     overrides = {
         "model.source": args.model, "model.device": args.device, "model.dtype": args.dtype, "seed": args.seed,
         "data.data_dir": args.data_dir, "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
         "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
-        "search.method": method, "search.ratio": budget or ratio, "search.options": options,
+        "search.method": method, "search.ratio": budget, "search.options": options,
         "reform.method": args.reform,
         "validate.seq_len": args.eval_seqlen, "validate.max_windows": args.eval_windows or None,
         "validate.compare_source": True, "output": str(out / "artifacts" / f"{label}-{ratio}"),
@@ -112,7 +113,7 @@ def run_one(args, out: Path, method: str, ratio: float, options: dict, budget: f
     artifact = run_pipeline(build_recipe(None, overrides, where="benchmark flags"), STAGES, progress=not args.quiet)
     stages = {s.name: s for s in read_manifest(artifact.path).stages}
     search, validate = stages["search"].metrics, stages["validate"].metrics
-    row = {"method": label, "ratio": ratio, "budget": budget or ratio, "decoder_ratio": search["decoder_ratio"],
+    row = {"method": label, "ratio": ratio, "budget": budget, "decoder_ratio": search["decoder_ratio"],
            "layers": search["layers"], "ppl": validate["ppl"], "dense_ppl": validate["ppl_source"],
            "eval_tokens": validate["eval_tokens"], "reform_seconds": stages["reform"].wall_s,
            "search_seconds": stages["search"].wall_s, "search_ppl": search.get("search_ppl"),
@@ -167,8 +168,7 @@ def markdown(rows: list[dict], args) -> str:
         better = "evolution" if e["ppl"] < u["ppl"] else "uniform"
         lines.append(f"| {ratio} | {u['decoder_ratio']:.3f} / {e['decoder_ratio']:.3f} | {u['ppl']:.3f} | "
                      f"{e['ppl']:.3f} | {better} | {u['decode_speedup']:.2f} | {e['decode_speedup']:.2f} | "
-                     f"{e['layers']} | "
-                     f"{e['search_seconds']:.0f} |")
+                     f"{e['layers']} | {e['search_seconds']:.0f} |")
     latency = [r for r in rows if r["method"] == "evolution-latency"]
     for r in latency:
         met = r["decode_speedup"] >= args.latency_speedup * 0.95

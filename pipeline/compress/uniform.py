@@ -98,7 +98,7 @@ def run_uniform(ctx: MethodContext, ratio: float, options: UniformOptions) -> Me
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress)
     notes = {"method": "uniform", "split": options.split, "mlp_multiple": options.mlp_multiple}
     if options.split == "proportional":
-        return MethodResult(spec=uniform_spec(ctx.base, importance, shape, width, notes))
+        return MethodResult(spec=uniform_spec(ctx.base, importance, *candidates[0], notes))
     windows = ctx.calibration[: options.fitness_windows]
     tried = {}
     for shape, width in tqdm(candidates, desc="uniform split",

@@ -92,7 +92,7 @@ def test_pruned_inputs_names_only_the_projections_that_lost_inputs():
 
 
 @pytest.mark.parametrize("width", [7, 512, 1100])  # below, at and across the block size
-def test_input_moments_accumulate_the_exact_symmetric_gram_over_windows(width):
+def test_gram_accumulator_sums_the_exact_symmetric_gram_over_windows(width):
     windows = [torch.randn(2, 33, width) for _ in range(3)]
     exact = torch.cat([w.reshape(-1, width) for w in windows]).double()
     full, diagonal = GramAccumulator(), GramAccumulator(full=False)
