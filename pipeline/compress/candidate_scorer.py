@@ -6,7 +6,9 @@ What makes a candidate cheap to score (measured in docs/search.md):
 - the hidden state after every layer is kept in an LRU cache keyed by the layers up to there,
   so a child sharing its first k layers with a scored candidate starts at layer k;
 - all fitness windows go through a layer as one batch; the loss is float32 cross-entropy.
-The result equals `calibration_perplexity(slice_model(source, spec), windows)` up to float rounding.
+The result equals `calibration_perplexity(slice_model(source, spec), windows)` up to float rounding;
+with a `ProjectionRefit`, that of the model whose pruned o_proj/down_proj are least-squares corrected
+(fitness_refit.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from ..models.adapters import adapter_for
 from ..models.slicing import sculpted_config, slice_layer
 from ..models.spec import ArchSpec
+from .fitness_refit import ProjectionRefit
+from .layer_reform import output_projection, pruned_inputs
 from .layer_stream import LayerStream
 
 
@@ -75,11 +79,13 @@ class ScorerStats:
 
 
 class CandidateScorer:
-    """Scores ArchSpecs cut from `model` by perplexity on fixed calibration `windows` [n, L]."""
+    """Scores ArchSpecs cut from `model` by perplexity on fixed calibration `windows` [n, L],
+    with their pruned output projections corrected by `refit` when one is given."""
 
-    def __init__(self, model, windows: torch.Tensor, cache_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, model, windows: torch.Tensor, cache_bytes: int = 512 * 2**20,
+                 refit: ProjectionRefit | None = None) -> None:
         self.model, self.adapter = model, adapter_for(model.config)
-        self.windows = windows
+        self.windows, self.refit = windows, refit
         self.stream = LayerStream(model, self.adapter, windows, batch_size=windows.shape[0])
         self.cache = PrefixCache(cache_bytes)
         self.stats = ScorerStats()
@@ -98,7 +104,7 @@ class CandidateScorer:
         position = {layer.source: pos for pos, layer in enumerate(spec.layers)}
         for source in range(start, len(keys)):
             if source in position:
-                layer = slice_layer(self.model, spec, position[source], config)
+                layer = self._layer(spec, position[source], config)
                 hidden = self.stream.run(layer, [hidden])[0]
             self.cache.put(keys[source], hidden)
         self.stats.candidates += 1
@@ -107,6 +113,16 @@ class CandidateScorer:
         ppl = self._perplexity_from(hidden)
         self.stats.seconds += time.perf_counter() - began
         return ppl
+
+    def _layer(self, spec: ArchSpec, position: int, config) -> torch.nn.Module:
+        layer = slice_layer(self.model, spec, position, config)
+        if self.refit is not None:
+            layer_spec = spec.layers[position]
+            for module, kept in pruned_inputs(layer_spec, spec).items():
+                projection = output_projection(self.adapter, layer, module)
+                weight = self.refit.kept_weight(layer_spec.source, module, kept).to(projection.weight.dtype)
+                projection.weight = torch.nn.Parameter(weight, requires_grad=False)
+        return layer
 
     def _perplexity_from(self, hidden: torch.Tensor) -> float:
         norm, head = self.adapter.final_norm(self.model), self.adapter.lm_head(self.model)

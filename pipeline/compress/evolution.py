@@ -8,7 +8,8 @@ mutated copies of the best one. Each later generation is `mutations` mutants and
 children of random parents among the best `parents` so far, plus strongly mutated ones; the
 best `parents` of everything scored become the next parents. A candidate outside the budget is
 walked back into it by one-multiple MLP width steps (or dropped), one already scored is dropped.
-Fitness is perplexity on fixed calibration windows. See docs/search.md for the defaults vs the paper's.
+Fitness is perplexity on fixed calibration windows (optionally after the least-squares correction
+of the pruned output projections, `fitness_reform`). See docs/search.md for the defaults vs the paper's.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class EvolutionOptions(MethodOptions):
     tolerance: float = Field(0.01, ge=0, lt=1)  # legal decoder ratio: [ratio - tolerance, ratio]
     fitness_windows: int = Field(4, ge=1)  # calibration windows scoring each candidate (paper: 5)
     fitness_seqlen: int = Field(256, ge=0)  # their length in tokens, cut from the calibration windows (0: all)
+    # "least-squares": score each candidate after the least-squares correction of its pruned o_proj/down_proj,
+    # as a reform stage would ship it (fitness_refit.py); helps at deep cuts, hurts at shallow ones (docs/search.md)
+    fitness_reform: Literal["none", "least-squares"] = "none"
     cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
     latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
     latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]

@@ -1,6 +1,7 @@
 """The `evolution` method: wires the search to a model, its calibration data and the artifact.
 
-Importance (once, kept in the resume directory), the uniform seeds, the budget (with a
+Importance (once, kept in the resume directory) and, for a reform-aware fitness, the dense
+input moments of every o_proj/down_proj from the same pass; the uniform seeds, the budget (with a
 latency table when a speed-up is asked for), the candidate scorer, a checkpoint after every
 generation, and the outputs: `search.jsonl`, `convergence.png`, `latency_table.json`.
 """
@@ -21,8 +22,11 @@ from .evolution import EvolutionOptions, EvolutionSearch, fingerprint, run_gener
 from .evolution_genes import Budget, Genome, SearchSpace, genome_from_spec, genome_spec, layer_shapes
 from .evolution_records import (load_checkpoint, load_importance, plot_convergence, save_checkpoint, save_importance,
                                 write_log)
+from .fitness_refit import ProjectionRefit, held_out_moments, projection_grams
 from .importance import LayerImportance, layer_importance
 from .latency_table import LatencyTable, machine_key, measure_latency_table
+from .layer_reform import PROJECTIONS, output_projection
+from .layer_stream import GramAccumulator
 from .registry import MethodContext, MethodResult, register
 from .selection import attention_shapes
 from .uniform import uniform_spec
@@ -33,11 +37,11 @@ from .uniform import uniform_spec
 def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -> MethodResult:
     windows = fitness_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
-    importance = _importance(ctx, calibration_hash)
+    importance, refit = _importance(ctx, calibration_hash, windows, with_refit=options.fitness_reform != "none")
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
-    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20)
+    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20, refit)
     search = EvolutionSearch(space, budget, lambda genome: scorer.perplexity(genome_spec(genome, ctx.base)),
                              options, ctx.seed)
     key = fingerprint("evolution", options.model_dump(), ratio, ctx.seed, ctx.base.to_dict(), calibration_hash,
@@ -58,10 +62,13 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     best = search.best
     notes = {"method": "evolution", "mlp_multiple": options.mlp_multiple, "search_ppl": round(best.ppl, 4)}
     spec = genome_spec(best.genome, ctx.base, notes)
-    metrics = {"search_ppl": best.ppl, "seed_ppl": search.history[0]["seed_ppl"], "generations": search.generation,
+    metrics = {"search_ppl": best.ppl, "seed_ppl": search.history[0]["seed_ppl"],
+               "fitness_reform": options.fitness_reform, "generations": search.generation,
                "candidates_scored": len(search.seen), "fitness_windows": list(windows.shape),
                "seconds_per_candidate": _mean_seconds(search.history), "prefix_reuse": _mean(search.history, "prefix_reuse"),
                "resumed_from_generation": resumed_from, "stopped_by_time_limit": stopped}
+    if refit is not None:
+        metrics.update(refit.stats.as_dict())
     if table is not None:
         metrics["predicted_speedup"] = table.speedup(layer_shapes(best.genome, ctx.base))
     if ctx.out_dir is not None:
@@ -134,13 +141,34 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
     return table
 
 
-def _importance(ctx: MethodContext, calibration_hash: str) -> list[LayerImportance]:
+def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor,
+                with_refit: bool) -> tuple[list[LayerImportance], ProjectionRefit | None]:
+    """The importance (from the resume directory if there) and, if asked, the least-squares refit fitted on
+    the same pass's o_proj/down_proj input moments less the `fitness` windows' share (fitness_refit.py)."""
     importance = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
-    if importance is None:
-        importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress)
-        if ctx.state_dir is not None:
-            save_importance(ctx.state_dir, calibration_hash, importance)
-    return importance
+    if importance is not None and not with_refit:
+        return importance, None
+    if with_refit and fitness.numel() >= ctx.calibration.numel():
+        raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "
+                          "are not scored on, and the fitness windows are all of them: raise --calib-samples, "
+                          "lower the fitness_windows option, or set fitness_reform: none")
+    totals: list[dict[str, GramAccumulator]] = []
+
+    def keep_grams(_index: int, grams: dict[str, GramAccumulator]) -> None:
+        totals.append({"o_proj": grams["o"], "down_proj": grams["down"]})
+
+    importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
+                                  on_layer=keep_grams if with_refit else None)
+    if ctx.state_dir is not None:
+        save_importance(ctx.state_dir, calibration_hash, importance)
+    if not with_refit:
+        return importance, None
+    fitness_grams = projection_grams(ctx.model, ctx.adapter, fitness)
+    moments = [held_out_moments(total, held) for total, held in zip(totals, fitness_grams)]
+    totals.clear()
+    weights = [{module: output_projection(ctx.adapter, layer, module).weight.detach() for module in PROJECTIONS}
+               for layer in ctx.adapter.layers(ctx.model)]
+    return importance, ProjectionRefit(moments, weights)
 
 
 def _stats_per_generation(scorer: CandidateScorer):

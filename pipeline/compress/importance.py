@@ -9,12 +9,13 @@ a head or an MLP channel scores the sum over every linear it spans (one shared m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import FamilyAdapter
-from .layer_stream import LayerStream, gram_of_inputs
+from .layer_stream import GramAccumulator, LayerStream, gram_of_inputs
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added before inverting (as SparseGPT)
 
@@ -72,18 +73,26 @@ def mlp_scores(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
 
 
 # ---- running the model --------------------------------------------------------
+LayerCallback = Callable[[int, dict[str, GramAccumulator]], None]
+
+
 @torch.no_grad()
 def layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, batch_size: int = 1,
-                     progress: bool = True) -> list[LayerImportance]:
-    """Importance of every head, KV group and MLP channel of a dense model, from calibration windows."""
+                     progress: bool = True, on_layer: LayerCallback | None = None) -> list[LayerImportance]:
+    """Importance of every head, KV group and MLP channel of a dense model, from calibration windows.
+
+    `on_layer(index, grams)` sees each layer's input statistics ("attn", "o", "mlp", "down"), for a
+    caller that needs them too (the search's reform-aware fitness) without another pass."""
     dims = adapter.dims(model.config)
     stream = LayerStream(model, adapter, windows, batch_size)
     results = []
-    for layer in tqdm(adapter.layers(model), desc="importance", unit="layer", disable=not progress):
+    for index, layer in enumerate(tqdm(adapter.layers(model), desc="importance", unit="layer", disable=not progress)):
         q, k, v, o = adapter.attention_linears(layer)
         gate, up, down = adapter.mlp_linears(layer)
         with gram_of_inputs({"attn": q, "o": o, "mlp": gate, "down": down}) as grams:
             outputs = stream.run(layer)
+        if on_layer is not None:
+            on_layer(index, grams)
         inv = {name: inverse_hessian_diag(acc.mean()) for name, acc in grams.items()}
         q_heads, kv_groups = attention_scores(
             q.weight, k.weight, v.weight, o.weight, inv["attn"], inv["o"], dims.head_dim, dims.group_size

@@ -157,7 +157,8 @@ def reform_sculpted(sculpted: nn.Module, dense: nn.Module, spec: ArchSpec, windo
     return reformer.finish()
 
 
-def _projection(adapter: FamilyAdapter, layer: nn.Module, module: str) -> nn.Linear:
+def output_projection(adapter: FamilyAdapter, layer: nn.Module, module: str) -> nn.Linear:
+    """The o_proj (module "o_proj") or down_proj (module "down_proj") of `layer`."""
     return adapter.attention_linears(layer).o if module == "o_proj" else adapter.mlp_linears(layer).down
 
 
@@ -179,11 +180,11 @@ class _Reformer:
     def fix(self, dense_layer: nn.Module, layer: nn.Module, module: str, moments: GramAccumulator, step: _Step,
             statistics_s: float) -> None:
         started, kept, settings = time.perf_counter(), step.kept[module], self.settings
-        original = _projection(self.adapter, dense_layer, module)
+        original = output_projection(self.adapter, dense_layer, module)
         weight = original.weight.detach().double().cpu()
         second, mean = moments.mean().cpu(), moments.input_mean().cpu()
         fix = reform_columns(settings.method, weight, second, mean, kept, settings.rho, settings.iterations)
-        target = _projection(self.adapter, layer, module)
+        target = output_projection(self.adapter, layer, module)
         self._store(target.weight, fix.weight)
         if fix.bias is not None:
             if target.bias is None:
@@ -231,7 +232,7 @@ class _SequentialLayer:
     def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
         if kept is None:
             return None
-        projection = _projection(self.adapter, self.dense_layer, module)
+        projection = output_projection(self.adapter, self.dense_layer, module)
         moments, self.kept_inputs = GramAccumulator(), []
         for hidden in self.stream.hidden:
             x = projection_input(projection, lambda: self._run(self.dense_layer, module, hidden))
@@ -245,7 +246,7 @@ class _SequentialLayer:
         hidden = self.stream.hidden
         for i, h in enumerate(hidden):
             if self.kept_inputs is not None:  # the corrected projection on the stored kept inputs
-                out = _projection(self.adapter, self.layer, module)(self.kept_inputs[i])
+                out = output_projection(self.adapter, self.layer, module)(self.kept_inputs[i])
                 self.kept_inputs[i] = None  # free as we go
             else:
                 out = self._run(self.layer, module, h)
@@ -259,7 +260,7 @@ class _OriginalLayer:
     def __init__(self, adapter: FamilyAdapter, stream: LayerStream, dense_layer: nn.Module,
                  kept: dict[str, torch.Tensor]) -> None:
         self.stream, self.dense_layer = stream, dense_layer
-        self.projections = {name: _projection(adapter, dense_layer, name) for name in kept}
+        self.projections = {name: output_projection(adapter, dense_layer, name) for name in kept}
         self.moments: dict[str, GramAccumulator] = {}
 
     def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:

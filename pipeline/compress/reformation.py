@@ -28,11 +28,16 @@ def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor, kept:
                         damping: float = DAMPING) -> torch.Tensor:
     """argmin over W' of E||W' x_K - W x||^2:  W' = W G[:, K] (G_KK + lambda I)^-1, shape (out, |K|)."""
     g = second_moment.double()
-    g_kk = g[kept][:, kept]
-    ridge = damping * g_kk.diagonal().mean().clamp_min(1e-12) * torch.eye(len(kept), dtype=g.dtype)
-    rhs = weight.double() @ g[:, kept]  # (out, |K|)
-    # Solve (G_KK + lambda I) W'^T = rhs^T; G_KK is symmetric positive definite with the ridge.
-    return torch.linalg.solve(g_kk + ridge, rhs.T).T
+    return kept_least_squares(weight.double() @ g[:, kept], g, kept, damping)
+
+
+def kept_least_squares(cross_kept: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor,
+                       damping: float = DAMPING) -> torch.Tensor:
+    """The same refit from the cross moment (W G)[:, K] (out x |K|), for a caller that keeps W G."""
+    g_kk = second_moment[kept][:, kept].double()
+    ridge = damping * g_kk.diagonal().mean().clamp_min(1e-12) * torch.eye(len(kept), dtype=g_kk.dtype)
+    # (G_KK + lambda I) W'^T = (W G[:, K])^T; the left side is symmetric positive definite: one Cholesky solve.
+    return torch.cholesky_solve(cross_kept.double().T, torch.linalg.cholesky(g_kk + ridge)).T
 
 
 def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO,
