@@ -24,7 +24,7 @@ from pipeline.compress.candidate_scorer import CandidateScorer  # noqa: E402
 from pipeline.compress.evolution import EvolutionOptions  # noqa: E402
 from pipeline.compress.fitness_refit import ProjectionRefit, held_out_moments, projection_grams  # noqa: E402
 from pipeline.compress.importance import layer_importance  # noqa: E402
-from pipeline.compress.layer_reform import PROJECTIONS, output_projection  # noqa: E402
+from pipeline.compress.layer_reform import PROJECTIONS  # noqa: E402
 from pipeline.data import calibration_windows, load_corpus  # noqa: E402
 from pipeline.models.adapters import adapter_for  # noqa: E402
 from pipeline.models.loading import load_model  # noqa: E402
@@ -53,13 +53,10 @@ def main() -> None:
     fitness = calibration[: defaults.fitness_windows, : defaults.fitness_seqlen]
 
     totals = []
-    layer_importance(model, adapter, calibration, on_layer=lambda _i, g: totals.append(
-        {"o_proj": g["o"], "down_proj": g["down"]}))
-    weights = [{m: output_projection(adapter, layer, m).weight.detach() for m in PROJECTIONS}
-               for layer in adapter.layers(model)]
-    in_sample = ProjectionRefit([{m: g.mean() for m, g in layer.items()} for layer in totals], weights)
-    held_out = ProjectionRefit([held_out_moments(t, f) for t, f in
-                                zip(totals, projection_grams(model, adapter, fitness))], weights)
+    layer_importance(model, adapter, calibration, on_layer=lambda _i, g: totals.append({m: g[m] for m in PROJECTIONS}))
+    in_sample = ProjectionRefit(model, adapter, [{m: g.mean() for m, g in layer.items()} for layer in totals])
+    held_out = ProjectionRefit(model, adapter, [held_out_moments(t, f) for t, f in
+                                                zip(totals, projection_grams(model, adapter, fitness))])
     scorers = {"plain": CandidateScorer(model, fitness), "in-sample": CandidateScorer(model, fitness, refit=in_sample),
                "held-out moments": CandidateScorer(model, fitness, refit=held_out),
                "held-out text": CandidateScorer(model, held_text, refit=in_sample)}

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +28,7 @@ from ..models.spec import ArchSpec
 from .fitness_refit import ProjectionRefit
 from .layer_reform import output_projection, pruned_inputs
 from .layer_stream import LayerStream
+from .tensor_cache import TensorLRU
 
 
 def prefix_keys(spec: ArchSpec) -> list[str]:
@@ -40,29 +40,6 @@ def prefix_keys(spec: ArchSpec) -> list[str]:
         digest.update((json.dumps(layer.to_dict(), sort_keys=True) if layer else "-").encode() + b";")
         keys.append(digest.copy().hexdigest())
     return keys
-
-
-class PrefixCache:
-    """Hidden states by prefix key, least recently used evicted beyond `max_bytes`."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.bytes = max_bytes, 0
-        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            return self.entries[key]
-        return None
-
-    def put(self, key: str, hidden: torch.Tensor) -> None:
-        if key in self.entries or hidden.numel() * hidden.element_size() > self.max_bytes:
-            return
-        self.entries[key] = hidden
-        self.bytes += hidden.numel() * hidden.element_size()
-        while self.bytes > self.max_bytes:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
 
 
 @dataclass
@@ -87,7 +64,7 @@ class CandidateScorer:
         self.model, self.adapter = model, adapter_for(model.config)
         self.windows, self.refit = windows, refit
         self.stream = LayerStream(model, self.adapter, windows, batch_size=windows.shape[0])
-        self.cache = PrefixCache(cache_bytes)
+        self.cache = TensorLRU(cache_bytes)  # hidden states by prefix key
         self.stats = ScorerStats()
 
     @torch.no_grad()

@@ -25,7 +25,7 @@ from .evolution_records import (load_checkpoint, load_importance, plot_convergen
 from .fitness_refit import ProjectionRefit, held_out_moments, projection_grams
 from .importance import LayerImportance, layer_importance
 from .latency_table import LatencyTable, machine_key, measure_latency_table
-from .layer_reform import PROJECTIONS, output_projection
+from .layer_reform import PROJECTIONS
 from .layer_stream import GramAccumulator
 from .registry import MethodContext, MethodResult, register
 from .selection import attention_shapes
@@ -155,7 +155,7 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
     totals: list[dict[str, GramAccumulator]] = []
 
     def keep_grams(_index: int, grams: dict[str, GramAccumulator]) -> None:
-        totals.append({"o_proj": grams["o"], "down_proj": grams["down"]})
+        totals.append({module: grams[module] for module in PROJECTIONS})
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
                                   on_layer=keep_grams if with_refit else None)
@@ -166,9 +166,7 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
     fitness_grams = projection_grams(ctx.model, ctx.adapter, fitness)
     moments = [held_out_moments(total, held) for total, held in zip(totals, fitness_grams)]
     totals.clear()
-    weights = [{module: output_projection(ctx.adapter, layer, module).weight.detach() for module in PROJECTIONS}
-               for layer in ctx.adapter.layers(ctx.model)]
-    return importance, ProjectionRefit(moments, weights)
+    return importance, ProjectionRefit(ctx.model, ctx.adapter, moments)
 
 
 def _stats_per_generation(scorer: CandidateScorer):

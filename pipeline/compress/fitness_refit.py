@@ -20,7 +20,6 @@ Measured, held out is still not enough: on SmolLM2 the option loses to uniform a
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ from ..models.adapters import FamilyAdapter
 from .layer_reform import PROJECTIONS, output_projection
 from .layer_stream import GramAccumulator, LayerStream, gram_of_inputs
 from .reformation import kept_least_squares
+from .tensor_cache import TensorLRU
 
 
 @torch.no_grad()
@@ -67,43 +67,32 @@ class RefitStats:
 
 
 class ProjectionRefit:
-    """Least-squares kept columns of a dense projection, for any kept input units.
+    """Least-squares kept columns of the dense `model`'s o_proj and down_proj, for any kept input units.
 
-    `moments[source][module]` is E[x x^T] of the dense projection's input (module: o_proj,
-    down_proj); `weights[source][module]` its weight (out x in). Held in float32 with the
-    product W E[x x^T] precomputed; solved in float64.
+    `moments[source][module]` is E[x x^T] of the input of `module` (o_proj, down_proj) in source
+    layer `source`. Held in float32 with the product W E[x x^T] precomputed; solved in float64.
     """
 
-    def __init__(self, moments: list[dict[str, torch.Tensor]], weights: list[dict[str, torch.Tensor]],
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, moments: list[dict[str, torch.Tensor]],
                  cache_bytes: int = 256 * 2**20) -> None:
-        if len(moments) != len(weights):
-            raise ValueError(f"moments for {len(moments)} layers, weights for {len(weights)}")
+        layers = adapter.layers(model)
+        if len(moments) != len(layers):
+            raise ValueError(f"moments for {len(moments)} layers, the model has {len(layers)}")
         self.second = [{m: g.float().cpu() for m, g in layer.items()} for layer in moments]
-        self.cross = [{m: (weights[i][m].double().cpu() @ g.double().cpu()).float() for m, g in layer.items()}
-                      for i, layer in enumerate(moments)]
-        self.cache: OrderedDict[tuple[int, str, str], torch.Tensor] = OrderedDict()
-        self.cache_bytes, self.bytes = cache_bytes, 0
+        self.cross = [{m: (output_projection(adapter, layers[i], m).weight.detach().double().cpu() @ g.double().cpu())
+                       .float() for m, g in layer.items()} for i, layer in enumerate(moments)]
+        self.cache = TensorLRU(cache_bytes)  # corrections by (layer, module, kept units)
         self.stats = RefitStats()
 
     def kept_weight(self, source: int, module: str, kept: torch.Tensor) -> torch.Tensor:
         """The corrected kept columns (out x |kept|, float32) of `module` in source layer `source`."""
         kept = kept.to(torch.long).cpu()
         key = (source, module, hashlib.blake2b(kept.numpy().tobytes(), digest_size=16).hexdigest())
-        if key in self.cache:
-            self.cache.move_to_end(key)
+        weight = self.cache.get(key)
+        if weight is not None:
             self.stats.reused += 1
-            return self.cache[key]
+            return weight
         weight = kept_least_squares(self.cross[source][module][:, kept], self.second[source][module], kept).float()
         self.stats.solves += 1
-        self._remember(key, weight)
+        self.cache.put(key, weight)
         return weight
-
-    def _remember(self, key: tuple[int, str, str], weight: torch.Tensor) -> None:
-        size = weight.numel() * weight.element_size()
-        if size > self.cache_bytes:
-            return
-        self.cache[key] = weight
-        self.bytes += size
-        while self.bytes > self.cache_bytes:
-            _, old = self.cache.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()

@@ -25,11 +25,8 @@ def _refit(model, windows) -> ProjectionRefit:
     adapter = adapter_for(model.config)
     moments = []
     layer_importance(model, adapter, windows, progress=False,
-                     on_layer=lambda _i, grams: moments.append({"o_proj": grams["o"].mean(),
-                                                                "down_proj": grams["down"].mean()}))
-    weights = [{m: output_projection(adapter, layer, m).weight.detach() for m in PROJECTIONS}
-               for layer in adapter.layers(model)]
-    return ProjectionRefit(moments, weights)
+                     on_layer=lambda _i, grams: moments.append({m: grams[m].mean() for m in PROJECTIONS}))
+    return ProjectionRefit(model, adapter, moments)
 
 
 def _pruned(model, mlp_kept=tuple(range(0, 64, 2)) + (1, 3, 5)) -> ArchSpec:
@@ -52,7 +49,8 @@ def test_the_refit_matches_the_least_squares_of_the_reform_stage_and_is_reused()
     adapter = adapter_for(model.config)
     kept = torch.tensor([0, 2, 5, 9, 11, 40, 63])
     grams = []
-    layer_importance(model, adapter, windows, progress=False, on_layer=lambda _i, g: grams.append(g["down"].mean()))
+    layer_importance(model, adapter, windows, progress=False,
+                     on_layer=lambda _i, g: grams.append(g["down_proj"].mean()))
     down = output_projection(adapter, adapter.layers(model)[1], "down_proj").weight.detach()
     expected = least_squares_refit(down, grams[1], kept)
     assert torch.allclose(refit.kept_weight(1, "down_proj", kept).double(), expected, rtol=1e-4, atol=1e-5)
@@ -87,7 +85,7 @@ def test_held_out_moments_leave_out_the_fitness_tokens_exactly():
     calibration = _windows(n=5)
     totals = []
     layer_importance(model, adapter, calibration, progress=False,
-                     on_layer=lambda _i, g: totals.append({"o_proj": g["o"], "down_proj": g["down"]}))
+                     on_layer=lambda _i, g: totals.append({m: g[m] for m in PROJECTIONS}))
     fitness = calibration[:2, :20]  # the first 20 tokens of two windows: causal, so the same activations
     held = [held_out_moments(t, f) for t, f in zip(totals, projection_grams(model, adapter, fitness))]
     rest_tokens = torch.cat([calibration[:2, 20:].reshape(-1), calibration[2:].reshape(-1)]).numel()
