@@ -1,6 +1,8 @@
 """Reform after uniform importance pruning: none / bias / least squares / ADMM, and ADMM vs sample count.
 
-    python benchmarks/reform_table.py --device cuda --eval-windows 0          # the README table (WikiText-2 test)
+    python benchmarks/reform_table.py --device cuda --eval-windows 0          # the paper's settings, whole test split
+    python benchmarks/reform_table.py --methods none,bias,least-squares,admm --reform-samples 32 \\
+        --reform-seqlen 512 --sweep-samples 32,128,512 --eval-windows 8     # the README table (58 min, 2 CPU cores)
     python benchmarks/reform_table.py --ratios 0.8 --reform-samples 2 --reform-seqlen 256 \\
         --sweep-samples 1,2 --sweep-ratio 0.8 --eval-windows 1 --eval-seqlen 512   # a CPU smoke run
 
