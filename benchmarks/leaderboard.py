@@ -38,6 +38,8 @@ EXTRA_CONFIGURATIONS = (
 )
 # ------------------------------------------------------------------------------------------------
 
+STAGES = ("search", "reform", "slice", "validate")  # no export/build: the board compares methods in torch
+
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import shutil  # noqa: E402
@@ -101,7 +103,10 @@ def recipe_for(args, config: dict, ratio: float, root: Path):
                  "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
                  "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
                  "validate.seq_len": args.seq_len, "validate.max_windows": args.eval_windows or None,
-                 "validate.compare_source": False, "search.method": config["method"], "search.ratio": ratio,
+                 "validate.compare_source": False,
+                 # perplexity in torch only: the board times prefill and decode itself, next to the dense model
+                 "validate.backends": ["torch"], "validate.latency": False, "validate.memory": False,
+                 "search.method": config["method"], "search.ratio": ratio,
                  "search.options": config.get("options", {}), **config.get("overrides", {})}
     if args.data_dir:
         overrides["data.data_dir"] = args.data_dir
@@ -144,7 +149,7 @@ def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
     except SculptError as err:
         return {"status": "skipped", "reason": str(err)}
     try:
-        artifact = run_pipeline(recipe, progress=True)
+        artifact = run_pipeline(recipe, STAGES, progress=True)
     except SculptError as err:
         return {"status": "n/a", "reason": str(err)}
     stages = {s.name: s for s in read_manifest(artifact.path).stages}

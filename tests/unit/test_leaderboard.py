@@ -63,3 +63,14 @@ def test_a_second_run_resumes_and_refuses_other_settings(board, monkeypatch, cap
     assert retried == ["shortgpt + bad reform"]
     assert leaderboard.main(args + ["--ratios", "0.8", "--eval-windows", "3"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_the_board_runs_only_the_stages_it_reads(board):
+    """No ONNX export, engine build or second-backend validation: minutes per entry on SmolLM2."""
+    from pipeline.artifacts import read_manifest
+
+    out, args = board
+    assert leaderboard.main(args + ["--methods", "shortgpt", "--ratios", "0.8", "--keep-artifacts"]) == 0
+    manifest = read_manifest(next((out / "artifacts").rglob("manifest.json")).parent)
+    assert [stage.name for stage in manifest.stages] == list(leaderboard.STAGES)  # reform recorded as skipped
+    assert not any(path.suffix == ".onnx" for path in (out / "artifacts").rglob("*"))
