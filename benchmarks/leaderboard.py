@@ -38,14 +38,13 @@ EXTRA_CONFIGURATIONS = (
 )
 # ------------------------------------------------------------------------------------------------
 
-STAGES = ("search", "reform", "slice", "validate")  # no export/build: the board compares methods in torch
-
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 
+from benchmarks.comparison import PERPLEXITY_ONLY, STAGES  # noqa: E402
 from benchmarks.leaderboard_report import is_final, load_results, render, save_results  # noqa: E402
 
 
@@ -103,9 +102,7 @@ def recipe_for(args, config: dict, ratio: float, root: Path):
                  "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
                  "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
                  "validate.seq_len": args.seq_len, "validate.max_windows": args.eval_windows or None,
-                 "validate.compare_source": False,
-                 # perplexity in torch only: the board times prefill and decode itself, next to the dense model
-                 "validate.backends": ["torch"], "validate.latency": False, "validate.memory": False,
+                 "validate.compare_source": False, **PERPLEXITY_ONLY,
                  "search.method": config["method"], "search.ratio": ratio,
                  "search.options": config.get("options", {}), **config.get("overrides", {})}
     if args.data_dir:

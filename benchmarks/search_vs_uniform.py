@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.charts import ppl_vs_ratio  # noqa: E402
+from benchmarks.comparison import PERPLEXITY_ONLY, STAGES  # noqa: E402
 from pipeline.artifacts import read_manifest  # noqa: E402
 from pipeline.recipe import build_recipe  # noqa: E402
 from pipeline.workflow import run_pipeline  # noqa: E402
@@ -86,9 +87,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-STAGES = ("search", "reform", "slice", "validate")  # no export/build: this compares architectures
-
-
 def ceil_ratio(ratio: float) -> float:
     """A recorded (6-digit) decoder ratio rounded up, so the architecture it was measured on fits under it."""
     return math.ceil(ratio * 1e6 + 1e-3) / 1e6
@@ -106,8 +104,7 @@ def run_one(args, out: Path, method: str, ratio: float, options: dict, budget: f
         "reform.method": args.reform,
         "validate.seq_len": args.eval_seqlen, "validate.max_windows": args.eval_windows or None,
         "validate.compare_source": True, "output": str(out / "artifacts" / f"{label}-{ratio}"),
-        # perplexity only: the decode speed-up is timed below, dense and sliced side by side
-        "validate.backends": ["torch"], "validate.latency": False, "validate.memory": False,
+        **PERPLEXITY_ONLY,  # the decode speed-up is timed below, dense and sliced side by side
     }
     print(f"\n=== {label} at ratio {ratio} (reform: {args.reform})", flush=True)
     artifact = run_pipeline(build_recipe(None, overrides, where="benchmark flags"), STAGES, progress=not args.quiet)
