@@ -62,6 +62,16 @@ class EvolutionOptions(MethodOptions):
     latency_context: int = Field(512, ge=1)  # KV-cache length the latency table is measured at
     latency_table: str | None = None  # JSON file to reuse (measured and written there if missing)
     time_limit_min: float | None = Field(None, gt=0)  # stop after the generation that passes it (not reproducible)
+    # also run the search with the skip genes off (same seed, its own checkpoint and log): with a reform step, the
+    # widths-only search wins at deep cuts and the skipping one at shallow cuts (docs/search.md)
+    skip_free_track: bool = False
+    # what the search returns: "fitness" = the lowest calibration score of any track; "reformed" = among each
+    # track's best `final_candidates` and the best uniform seed, the lowest perplexity on the last `final_windows`
+    # calibration windows after the least-squares correction of the pruned o_proj/down_proj (the limit of the
+    # reform stage's ADMM) fitted on the other calibration windows
+    final_choice: Literal["fitness", "reformed"] = "fitness"
+    final_candidates: int = Field(3, ge=1)
+    final_windows: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _fits(self) -> "EvolutionOptions":
@@ -70,7 +80,17 @@ class EvolutionOptions(MethodOptions):
                              f"({self.population}); lower them or raise population")
         if self.parents > self.population:
             raise ValueError(f"parents ({self.parents}) exceed the population ({self.population})")
+        if self.skip_free_track and not (self.attention_skip or self.mlp_skip or self.layer_removal):
+            raise ValueError("skip_free_track adds a search with the skip genes off, and they are all off already; "
+                             "drop skip_free_track or turn a skip gene on")
+        if self.final_choice == "reformed" and self.final_candidates > self.parents:
+            raise ValueError(f"final_candidates ({self.final_candidates}) exceed the parents ({self.parents}) "
+                             "the search keeps; lower it or raise parents")
         return self
+
+    def skip_free(self) -> "EvolutionOptions":
+        """These options with every skip gene off (the skip-free track)."""
+        return self.model_copy(update={"attention_skip": False, "mlp_skip": False, "layer_removal": False})
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,7 @@ class EvolutionSearch:
         self.rng = np.random.default_rng(seed)
         self.seen: dict[str, float] = {}
         self.parents: list[Candidate] = []
+        self.seed_best: Candidate | None = None  # the best uniform seed, as generation 0 scored it
         self.history: list[dict] = []
         self.generation = -1  # the last completed generation
         self.strong = Rates(options.mask_rate_initial, options.ratio_rate_initial, options.depth_rate)
@@ -107,7 +128,7 @@ class EvolutionSearch:
                               "or lower the latency speed-up")
         began = time.perf_counter()
         scored = self._score_all([("seed", g) for g in self._unique(legal)], on_scored)
-        seed_best = min(scored, key=lambda c: (c[1].ppl, c[1].key))[1]
+        seed_best = self.seed_best = min(scored, key=lambda c: (c[1].ppl, c[1].key))[1]
         wanted = self.options.population - len(scored)
         scored += self._score_all(self._offspring([seed_best], [("strong", wanted)]), on_scored)
         return self._close_generation(scored, began, seed_ppl=seed_best.ppl)
@@ -188,16 +209,25 @@ class EvolutionSearch:
     # ---- checkpoint --------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"generation": self.generation, "rng": self.rng.bit_generator.state, "seen": self.seen,
-                "parents": [{"genome": genome_to_dict(c.genome), "ppl": c.ppl} for c in self.parents],
-                "history": self.history}
+                "parents": [_candidate_dict(c) for c in self.parents],
+                "seed_best": _candidate_dict(self.seed_best) if self.seed_best else None, "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.generation = state["generation"]
         self.rng.bit_generator.state = state["rng"]
         self.seen = dict(state["seen"])
-        self.parents = [Candidate(g, p["ppl"], genome_key(g)) for p in state["parents"]
-                        for g in [genome_from_dict(p["genome"])]]
+        self.parents = [_candidate(p) for p in state["parents"]]
+        self.seed_best = _candidate(state["seed_best"]) if state.get("seed_best") else None
         self.history = list(state["history"])
+
+
+def _candidate_dict(candidate: Candidate) -> dict:
+    return {"genome": genome_to_dict(candidate.genome), "ppl": candidate.ppl}
+
+
+def _candidate(data: dict) -> Candidate:
+    genome = genome_from_dict(data["genome"])
+    return Candidate(genome, data["ppl"], genome_key(genome))
 
 
 def search_space(base: BaseDims, importance, options: EvolutionOptions) -> SearchSpace:
@@ -215,12 +245,12 @@ def fingerprint(*parts) -> str:
 
 
 def run_generations(search: EvolutionSearch, seeds: list[Genome], checkpoint: Callable[[dict], None],
-                    describe: Callable[[], dict] = dict, progress: bool = True) -> bool:
+                    describe: Callable[[], dict] = dict, progress: bool = True, desc: str = "evolution") -> bool:
     """Run the remaining generations, checkpointing after each; True if the time limit cut it short."""
     opts = search.options
     began, limit = time.perf_counter(), (opts.time_limit_min or float("inf")) * 60
     total = opts.population * (opts.generations + 1)
-    bar = tqdm(total=total, initial=min(total, opts.population * (search.generation + 1)), desc="evolution",
+    bar = tqdm(total=total, initial=min(total, opts.population * (search.generation + 1)), desc=desc,
                unit="cand", disable=not progress)
     with bar:
         if search.parents:  # resumed

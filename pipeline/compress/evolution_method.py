@@ -1,27 +1,31 @@
 """The `evolution` method: wires the search to a model, its calibration data and the artifact.
 
-Importance (once, kept in the resume directory) and, for a reform-aware fitness, the dense
-input moments of every o_proj/down_proj from the same pass; the uniform seeds, the budget (with a
-latency table when a speed-up is asked for), the candidate scorer, a checkpoint after every
-generation, and the outputs: `search.jsonl`, `convergence.png`, `latency_table.json`.
+Importance (once, kept in the resume directory) and, for a reform-aware fitness or a reformed final
+choice, the dense input moments of every o_proj/down_proj from the same pass; the uniform seeds, the
+budget (with a latency table when a speed-up is asked for), the candidate scorer, one search per
+track (the main one, and with `skip_free_track` one with the skip genes off), each checkpointed
+after every generation; the final choice; and the outputs: `search.jsonl`, `convergence.png`
+(per track), `final_choice.json`, `latency_table.json`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import SculptError
 from ..models.loading import cache_root
 from ..models.spec import BaseDims
 from .candidate_scorer import CandidateScorer
-from .evolution import EvolutionOptions, EvolutionSearch, fingerprint, run_generations, search_space
-from .evolution_genes import Budget, Genome, SearchSpace, genome_from_spec, genome_spec, layer_shapes
+from .evolution import Candidate, EvolutionOptions, EvolutionSearch, fingerprint, run_generations, search_space
+from .evolution_genes import Budget, Genome, SearchSpace, genome_from_spec, genome_ratio, genome_spec, layer_shapes
 from .evolution_records import (load_checkpoint, load_importance, plot_convergence, save_checkpoint, save_importance,
-                                write_log)
+                                track_file, write_log)
 from .fitness_refit import ProjectionRefit, held_out_moments, projection_grams
 from .importance import LayerImportance, layer_importance
 from .latency_table import LatencyTable, machine_key, measure_latency_table
@@ -36,48 +40,141 @@ from .uniform import uniform_spec
           "widths, skipped sublayers and depth, in a parameter and optional measured-latency budget", EvolutionOptions)
 def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -> MethodResult:
     windows = fitness_windows(ctx.calibration, options)
+    final = final_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
-    importance, refit = _importance(ctx, calibration_hash, windows, with_refit=options.fitness_reform != "none")
+    held_out = {"fitness": windows} if options.fitness_reform != "none" else {}
+    if final is not None:
+        held_out["final"] = final
+    importance, refits = _importance(ctx, calibration_hash, held_out)
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
-    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20, refit)
+    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20, refits.get("fitness"))
+    tracks = {"main": options, **({"skip-free": options.skip_free()} if options.skip_free_track else {})}
+    runs = {track: run_track(ctx, track, track_options, importance, budget, scorer, ratio, calibration_hash, table)
+            for track, track_options in tracks.items()}
+
+    if final is None:
+        track = min(runs, key=lambda t: (runs[t].search.best.ppl, t != "main"))
+        chosen, choice = runs[track].search.best, None
+    else:
+        final_scorer = CandidateScorer(ctx.model, final, options.cache_mb * 2**20, refits["final"])
+        choice = reformed_choice(runs, options.final_candidates, final_scorer, ctx.base, ctx.progress)
+        track, chosen = choice.track, choice.candidate
+    search = runs["main"].search
+    notes = {"method": "evolution", "mlp_multiple": options.mlp_multiple, "search_ppl": round(chosen.ppl, 4),
+             **({"track": track} if len(runs) > 1 else {}),
+             **({"reformed_ppl": round(choice.reformed_ppl, 4)} if choice else {})}
+    spec = genome_spec(chosen.genome, ctx.base, notes)
+    metrics = {"search_ppl": chosen.ppl, "seed_ppl": search.history[0]["seed_ppl"],
+               "fitness_reform": options.fitness_reform, "generations": search.generation,
+               "candidates_scored": sum(len(run.search.seen) for run in runs.values()),
+               "fitness_windows": list(windows.shape),
+               "seconds_per_candidate": _mean_seconds([row for run in runs.values() for row in run.search.history]),
+               "prefix_reuse": _mean([row for run in runs.values() for row in run.search.history], "prefix_reuse"),
+               "resumed_from_generation": runs["main"].resumed_from,
+               "stopped_by_time_limit": any(run.stopped for run in runs.values())}
+    if len(runs) > 1:
+        metrics["tracks"] = {t: {"search_ppl": run.search.best.ppl, "candidates_scored": len(run.search.seen),
+                                 "resumed_from_generation": run.resumed_from} for t, run in runs.items()}
+        metrics["chosen_track"] = track
+    if choice is not None:
+        metrics.update(final_choice=choice.rows, final_windows=list(final.shape), reformed_ppl=choice.reformed_ppl)
+    if refits.get("fitness") is not None:
+        metrics.update(refits["fitness"].stats.as_dict())
+    if table is not None:
+        metrics["predicted_speedup"] = table.speedup(layer_shapes(chosen.genome, ctx.base))
+    if ctx.out_dir is not None:
+        if choice is not None:
+            (ctx.out_dir / "final_choice.json").write_text(json.dumps(choice.rows, indent=1) + "\n")
+        if table is not None:
+            (ctx.out_dir / "latency_table.json").write_text(json.dumps(table.to_dict(), indent=1) + "\n")
+    return MethodResult(spec=spec, metrics=metrics)
+
+
+# Options that do not change a track's search, so its checkpoint resumes whatever they are.
+AFTER_THE_SEARCH = {"skip_free_track", "final_choice", "final_candidates", "final_windows"}
+
+
+@dataclass
+class TrackRun:
+    search: EvolutionSearch
+    stopped: bool  # by the time limit
+    resumed_from: int | None  # the generation its checkpoint had reached
+
+
+def run_track(ctx: MethodContext, track: str, options: EvolutionOptions, importance: list[LayerImportance],
+              budget: Budget, scorer: CandidateScorer, ratio: float, calibration_hash: str,
+              table: LatencyTable | None) -> TrackRun:
+    """One search from the uniform seeds, resumed from and checkpointed to its own file; its log and plot."""
+    space = search_space(ctx.base, importance, options)
     search = EvolutionSearch(space, budget, lambda genome: scorer.perplexity(genome_spec(genome, ctx.base)),
                              options, ctx.seed)
-    key = fingerprint("evolution", options.model_dump(), ratio, ctx.seed, ctx.base.to_dict(), calibration_hash,
-                      table.to_dict() if table else None)
-    state = load_checkpoint(ctx.state_dir, key) if ctx.state_dir else None
+    key = fingerprint("evolution", options.model_dump(exclude=AFTER_THE_SEARCH), ratio, ctx.seed, ctx.base.to_dict(),
+                      calibration_hash, table.to_dict() if table else None)
+    state = load_checkpoint(ctx.state_dir, key, track) if ctx.state_dir else None
     if state is not None:
         search.load_state_dict(state)
     resumed_from = search.generation if state is not None else None
 
     def checkpoint(state: dict) -> None:
         if ctx.state_dir is not None:
-            save_checkpoint(ctx.state_dir, {**state, "fingerprint": key})
+            save_checkpoint(ctx.state_dir, {**state, "fingerprint": key}, track)
         if ctx.out_dir is not None:
-            write_log(ctx.out_dir, search.history)
+            write_log(ctx.out_dir, search.history, track)
 
     stopped = run_generations(search, seed_genomes(ctx.base, importance, space, budget), checkpoint,
-                              _stats_per_generation(scorer), ctx.progress)
-    best = search.best
-    notes = {"method": "evolution", "mlp_multiple": options.mlp_multiple, "search_ppl": round(best.ppl, 4)}
-    spec = genome_spec(best.genome, ctx.base, notes)
-    metrics = {"search_ppl": best.ppl, "seed_ppl": search.history[0]["seed_ppl"],
-               "fitness_reform": options.fitness_reform, "generations": search.generation,
-               "candidates_scored": len(search.seen), "fitness_windows": list(windows.shape),
-               "seconds_per_candidate": _mean_seconds(search.history), "prefix_reuse": _mean(search.history, "prefix_reuse"),
-               "resumed_from_generation": resumed_from, "stopped_by_time_limit": stopped}
-    if refit is not None:
-        metrics.update(refit.stats.as_dict())
-    if table is not None:
-        metrics["predicted_speedup"] = table.speedup(layer_shapes(best.genome, ctx.base))
+                              _stats_per_generation(scorer), ctx.progress,
+                              desc="evolution" if track == "main" else f"evolution ({track})")
     if ctx.out_dir is not None:
-        write_log(ctx.out_dir, search.history)
-        title = f"evolution at ratio {ratio}" + (f", speed-up >= {options.latency_speedup}" if table else "")
-        plot_convergence(ctx.out_dir / "convergence.png", search.history, title)
-        if table is not None:
-            (ctx.out_dir / "latency_table.json").write_text(json.dumps(table.to_dict(), indent=1) + "\n")
-    return MethodResult(spec=spec, metrics=metrics)
+        write_log(ctx.out_dir, search.history, track)
+        title = f"evolution at ratio {ratio}" + (f", speed-up >= {options.latency_speedup}" if table else "") + \
+            ("" if track == "main" else f", {track} track")
+        plot_convergence(ctx.out_dir / track_file("convergence.png", track), search.history, title)
+    return TrackRun(search, stopped, resumed_from)
+
+
+@dataclass
+class FinalChoice:
+    track: str
+    candidate: Candidate
+    reformed_ppl: float
+    rows: list[dict]  # every finalist: track, origin, search and reformed perplexity, ratio, chosen
+
+
+def reformed_choice(runs: dict[str, TrackRun], per_track: int, scorer: CandidateScorer, base: BaseDims,
+                    progress: bool) -> FinalChoice:
+    """The finalist with the lowest corrected perplexity on the held-out windows: each track's best `per_track`
+    and the best uniform seed (kept when nothing beats it); ties go to the earlier finalist."""
+    finalists, keys = [], set()
+    for track, run in runs.items():
+        ranked = [(f"parent {i + 1}", c) for i, c in enumerate(run.search.parents[:per_track])]
+        seed = run.search.seed_best
+        for origin, candidate in ranked + ([("uniform seed", seed)] if seed is not None else []):
+            if candidate.key not in keys:
+                keys.add(candidate.key)
+                finalists.append((track, origin, candidate))
+    rows, best = [], None
+    for track, origin, candidate in tqdm(finalists, desc="final choice", unit="cand", disable=not progress):
+        reformed = scorer.perplexity(genome_spec(candidate.genome, base))
+        rows.append({"track": track, "origin": origin, "search_ppl": candidate.ppl, "reformed_ppl": reformed,
+                     "ratio": round(genome_ratio(candidate.genome, base), 6), "chosen": False})
+        if best is None or reformed < best[2]:
+            best = (track, candidate, reformed, len(rows) - 1)
+    rows[best[3]]["chosen"] = True
+    return FinalChoice(best[0], best[1], best[2], rows)
+
+
+def final_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch.Tensor | None:
+    """The last `final_windows` calibration windows (whole), for the reformed final choice; None without one."""
+    if options.final_choice != "reformed":
+        return None
+    count = calibration.shape[0]
+    if options.fitness_windows + options.final_windows > count:
+        raise SculptError(f"the reformed final choice scores the finalists on the last {options.final_windows} "
+                          f"calibration windows, which must not overlap the {options.fitness_windows} fitness windows, "
+                          f"and the calibration has {count}: raise --calib-samples or lower the final_windows option")
+    return calibration[count - options.final_windows:]
 
 
 def fitness_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch.Tensor:
@@ -141,14 +238,16 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
     return table
 
 
-def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor,
-                with_refit: bool) -> tuple[list[LayerImportance], ProjectionRefit | None]:
-    """The importance (from the resume directory if there) and, if asked, the least-squares refit fitted on
-    the same pass's o_proj/down_proj input moments less the `fitness` windows' share (fitness_refit.py)."""
+def _importance(ctx: MethodContext, calibration_hash: str,
+                held_out: dict[str, torch.Tensor]) -> tuple[list[LayerImportance], dict[str, ProjectionRefit]]:
+    """The importance (from the resume directory if there) and, per named set of `held_out` windows, the
+    least-squares refit fitted on the same pass's o_proj/down_proj input moments less that set's share
+    (fitness_refit.py): candidates scored on those windows are scored on text their corrections never saw."""
     importance = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
-    if importance is not None and not with_refit:
-        return importance, None
-    if with_refit and fitness.numel() >= ctx.calibration.numel():
+    if importance is not None and not held_out:
+        return importance, {}
+    fitness = held_out.get("fitness")
+    if fitness is not None and fitness.numel() >= ctx.calibration.numel():
         raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "
                           "are not scored on, and the fitness windows are all of them: raise --calib-samples, "
                           "lower the fitness_windows option, or set fitness_reform: none")
@@ -158,15 +257,16 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
         totals.append({module: grams[module] for module in PROJECTIONS})
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
-                                  on_layer=keep_grams if with_refit else None)
+                                  on_layer=keep_grams if held_out else None)
     if ctx.state_dir is not None:
         save_importance(ctx.state_dir, calibration_hash, importance)
-    if not with_refit:
-        return importance, None
-    fitness_grams = projection_grams(ctx.model, ctx.adapter, fitness)
-    moments = [held_out_moments(total, held) for total, held in zip(totals, fitness_grams)]
+    refits = {}
+    for name, windows in held_out.items():
+        grams = projection_grams(ctx.model, ctx.adapter, windows)
+        refits[name] = ProjectionRefit(ctx.model, ctx.adapter,
+                                       [held_out_moments(total, held) for total, held in zip(totals, grams)])
     totals.clear()
-    return importance, ProjectionRefit(ctx.model, ctx.adapter, moments)
+    return importance, refits
 
 
 def _stats_per_generation(scorer: CandidateScorer):

@@ -3,6 +3,7 @@
 The checkpoint lives in the stage's resume directory and is replaced atomically after
 every generation; the log (`search.jsonl`) and the plot (`convergence.png`) go into the
 artifact, rewritten from the checkpointed history, so a resumed run still logs every generation.
+A second track (the skip-free search) has its own files, named with its track (`search-skip-free.jsonl`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,24 @@ CHECKPOINT = "evolution.json"
 IMPORTANCE = "importance.pt"
 
 
-def save_checkpoint(state_dir: Path, state: dict) -> None:
-    path = state_dir / CHECKPOINT
+def track_file(name: str, track: str) -> str:
+    """`name` for the main track, `stem-<track>.suffix` for another (e.g. search-skip-free.jsonl)."""
+    if track == "main":
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}-{track}{dot}{suffix}"
+
+
+def save_checkpoint(state_dir: Path, state: dict, track: str = "main") -> None:
+    path = state_dir / track_file(CHECKPOINT, track)
     temp = path.with_suffix(".tmp")
     temp.write_text(json.dumps(state))
     os.replace(temp, path)
 
 
-def load_checkpoint(state_dir: Path, fingerprint: str) -> dict | None:
+def load_checkpoint(state_dir: Path, fingerprint: str, track: str = "main") -> dict | None:
     """The checkpoint of this very search (same fingerprint), else None."""
-    path = state_dir / CHECKPOINT
+    path = state_dir / track_file(CHECKPOINT, track)
     if not path.is_file():
         return None
     try:
@@ -55,8 +64,8 @@ def load_importance(state_dir: Path, fingerprint: str) -> list[LayerImportance] 
     return [LayerImportance(*row) for row in data["layers"]]
 
 
-def write_log(out_dir: Path, history: list[dict]) -> None:
-    with open(out_dir / "search.jsonl", "w") as log:
+def write_log(out_dir: Path, history: list[dict], track: str = "main") -> None:
+    with open(out_dir / track_file("search.jsonl", track), "w") as log:
         for row in history:
             log.write(json.dumps(row) + "\n")
 

@@ -11,8 +11,8 @@ from pipeline.compress import evolution_method
 from pipeline.compress.candidate_scorer import CandidateScorer
 from pipeline.compress.evolution import EvolutionOptions
 from pipeline.compress.evolution_genes import (Budget, LayerGene, Rates, SearchSpace, UnitScores, crossover,
-                                               genome_parameters, genome_ratio, genome_spec, kv_groups, mutate,
-                                               overlap_floor, repair)
+                                               genome_from_dict, genome_parameters, genome_ratio, genome_spec,
+                                               kv_groups, mutate, overlap_floor, repair)
 from pipeline.compress.evolution_method import make_budget, run_evolution, seed_genomes
 from pipeline.compress.fitness import calibration_perplexity
 from pipeline.compress.importance import LayerImportance
@@ -263,3 +263,55 @@ def test_sculpt_run_with_method_evolution_writes_the_spec_log_and_plot(tmp_path)
     manifest = json.loads((tmp_path / "art" / "v0001" / "manifest.json").read_text())
     metrics = manifest["stages"][0]["metrics"]
     assert 0.59 - 1e-6 <= metrics["decoder_ratio"] <= 0.6 + 1e-6
+
+
+TRACKS = OPTIONS.model_copy(update=dict(skip_free_track=True, final_choice="reformed", final_candidates=2,
+                                        final_windows=2))
+
+
+def test_the_reformed_final_choice_weighs_a_skip_free_track_and_the_uniform_seed(tmp_path):
+    ctx = _context(tmp_path, "tracks")
+    result = run_evolution(ctx, 0.7, TRACKS)
+    rows = result.metrics["final_choice"]
+    assert {row["track"] for row in rows} == {"main", "skip-free"}
+    assert any(row["origin"] == "uniform seed" for row in rows)  # kept when nothing beats it
+    chosen = [row for row in rows if row["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["reformed_ppl"] == min(row["reformed_ppl"] for row in rows)
+    assert result.metrics["chosen_track"] == chosen[0]["track"] == result.spec.notes.get("track")
+    assert json.loads((ctx.out_dir / "final_choice.json").read_text()) == rows
+    # the skip-free track never skipped a sublayer or removed a layer
+    track = json.loads((ctx.state_dir / "evolution-skip-free.json").read_text())
+    assert track["parents"] and all(gene.attention and gene.mlp and gene.kept for parent in track["parents"]
+                                    for gene in genome_from_dict(parent["genome"]))
+    assert (ctx.out_dir / "search-skip-free.jsonl").is_file() and (ctx.out_dir / "convergence-skip-free.png").is_file()
+    # the main track is the search a one-track run makes: same best candidate
+    alone = run_evolution(_context(tmp_path, "alone"), 0.7, OPTIONS)
+    assert result.metrics["tracks"]["main"]["search_ppl"] == pytest.approx(alone.metrics["search_ppl"], rel=1e-6)
+
+
+def test_a_finished_two_track_search_resumes_both_tracks_and_only_rescores_the_finalists(tmp_path, monkeypatch):
+    ctx = _context(tmp_path, "again")
+    first = run_evolution(ctx, 0.7, TRACKS)
+    scored, original = [], CandidateScorer.perplexity
+
+    def counted(self, spec):
+        scored.append(spec)
+        return original(self, spec)
+
+    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity", counted)
+    again = run_evolution(ctx, 0.7, TRACKS)
+    assert len(scored) == len(first.metrics["final_choice"])
+    assert {t: run["resumed_from_generation"] for t, run in again.metrics["tracks"].items()} == \
+        {"main": OPTIONS.generations, "skip-free": OPTIONS.generations}
+    assert again.spec.to_dict() == first.spec.to_dict()
+
+
+def test_the_final_choice_options_are_checked(tmp_path):
+    from pipeline.errors import SculptError
+
+    with pytest.raises(SculptError, match="raise --calib-samples or lower the final_windows"):
+        run_evolution(_context(tmp_path, "few"), 0.7, TRACKS.model_copy(update={"final_windows": 3}))
+    with pytest.raises(ValueError, match="skip genes off"):
+        EvolutionOptions(skip_free_track=True, attention_skip=False, mlp_skip=False, layer_removal=False)
+    with pytest.raises(ValueError, match="final_candidates"):
+        EvolutionOptions(final_choice="reformed", parents=2, final_candidates=3)
