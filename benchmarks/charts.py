@@ -7,6 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def series_styles(count: int) -> list[dict]:
+    """Distinct line/marker styles for `count` series: matplotlib's 10 default colours repeat beyond ten,
+    so more series take the 20 colours of tab20 and alternate markers."""
+    import matplotlib
+
+    if count <= 10:
+        return [{"marker": "o"} for _ in range(count)]
+    colours = matplotlib.colormaps["tab20"].colors
+    return [{"color": colours[i % 20], "marker": "os^D"[i % 4]} for i in range(count)]
+
+
 def ppl_vs_ratio(path: Path, series: dict[str, list[tuple[float, float]]], dense_ppl: float | None, title: str,
                  ylabel: str = "evaluation perplexity (log)", xlabel: str = "decoder parameters kept (ratio)",
                  size: tuple[float, float] = (6.4, 4.2)) -> None:
@@ -17,10 +28,10 @@ def ppl_vs_ratio(path: Path, series: dict[str, list[tuple[float, float]]], dense
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=size)
-    for label, points in series.items():
+    for (label, points), style in zip(series.items(), series_styles(len(series))):
         if points:
             points = sorted(points)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=label, **style)
     if dense_ppl is not None:
         ax.axhline(dense_ppl, color="gray", ls="--", lw=1, label=f"dense ({dense_ppl:.1f})")
     ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log")

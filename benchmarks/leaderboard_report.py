@@ -8,7 +8,7 @@ import platform
 import time
 from pathlib import Path
 
-from benchmarks.charts import ppl_vs_ratio
+from benchmarks.charts import ppl_vs_ratio, series_styles
 from pipeline.errors import SculptError
 
 RESULTS = "results.json"
@@ -83,16 +83,15 @@ def markdown(results: dict, config_names: list[str], ratios: list[float]) -> str
              f"{s['decode_prompt']}-token prompt; median of {s['repeats']}. Speed-ups are against the dense model "
              "timed just before each model, in the same process.",
              "- Ratio: the fraction of decoder-layer parameters kept (embeddings and head excluded); depth methods "
-             "remove the fewest units that bring it to or below the target, so 'achieved' can be lower.",
-             "", "## Perplexity (lower is better)", "",
-             "| configuration | " + " | ".join(f"{r:g}" for r in ratios) + " |",
-             "|---|" + "---:|" * len(ratios)]
-    if dense:
-        lines.append(f"| dense (1.0) | {dense['ppl']:.2f} |" + " |" * (len(ratios) - 1))
-    for name in config_names:
-        cells = [cell(entries.get(f"{name}@{r:g}")) for r in ratios]
-        if any(c != "" for c in cells):
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+             "remove the fewest units that bring it to or below the target, so 'achieved' can be lower; width "
+             "methods snap each layer to whole heads and the nearest multiple of 64 MLP channels, so 'achieved' "
+             "can land a little either side of the target.",
+             "", "## Perplexity (lower is better)", ""]
+    lines += by_ratio(entries, config_names, ratios, lambda e: f"{e['ppl']:.2f}",
+                      f"| dense (1.0) | {dense['ppl']:.2f} |" + " |" * (len(ratios) - 1) if dense else None)
+    for key, what in (("decode_speedup", "Decode tokens/s"), ("prefill_speedup", "Prefill speed")):
+        lines += ["", f"## {what} vs dense at each ratio (x, higher is faster)", ""]
+        lines += by_ratio(entries, config_names, ratios, lambda e, key=key: f"{e['latency'][key]:.2f}")
     lines += ["", "## Every measurement", "",
               "| configuration | target | achieved | params (M) | perplexity | decode tok/s (x dense) | "
               "prefill ms (x dense) | method wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -110,11 +109,24 @@ def markdown(results: dict, config_names: list[str], ratios: list[float]) -> str
     return "\n".join(lines) + "\n"
 
 
-def cell(entry: dict | None) -> str:
+def by_ratio(entries: dict, config_names: list[str], ratios: list[float], value,
+             first_row: str | None = None) -> list[str]:
+    """A configuration x target-ratio table of `value(entry)` for measured entries (n/a or the status otherwise)."""
+    lines = ["| configuration | " + " | ".join(f"{r:g}" for r in ratios) + " |", "|---|" + "---:|" * len(ratios)]
+    if first_row:
+        lines.append(first_row)
+    for name in config_names:
+        cells = [cell(entries.get(f"{name}@{r:g}"), value) for r in ratios]
+        if any(c != "" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cell(entry: dict | None, value) -> str:
     if entry is None:
         return ""
     if entry["status"] == "done":
-        return f"{entry['ppl']:.2f}"
+        return value(entry)
     return "n/a" if entry["status"] == "n/a" else entry["status"]
 
 
@@ -141,9 +153,9 @@ def charts(out: Path, results: dict, config_names: list[str]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for ax, key, label in ((axes[0], "decode_speedup", "decode tokens/s vs dense (x)"),
                            (axes[1], "prefill_speedup", "prefill speed-up vs dense (x)")):
-        for name, points in series.items():
-            ax.plot([p["latency"][key] for p in points], [p["ppl"] for p in points], marker="o", linestyle="",
-                    label=name)
+        for (name, points), style in zip(series.items(), series_styles(len(series))):
+            ax.plot([p["latency"][key] for p in points], [p["ppl"] for p in points], linestyle="", label=name,
+                    **style)
             for p in points:
                 ax.annotate(f"{p['ratio']:g}", (p["latency"][key], p["ppl"]), fontsize=6, alpha=0.7)
         if dense:

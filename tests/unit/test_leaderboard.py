@@ -41,6 +41,9 @@ def test_the_board_measures_every_configuration_and_says_why_some_are_missing(bo
     assert "reform.method" in results["shortgpt + bad reform@0.8"]["reason"]
     table = (out / "leaderboard.md").read_text()
     assert "| shortgpt |" in table and "n/a" in table and "dense (1.0)" in table
+    # the speed of every configuration at each target ratio, side by side (depth vs width at equal ratio)
+    decode = table.split("## Decode tokens/s vs dense at each ratio")[1].split("##")[0]
+    assert f"| shortgpt | {done['latency']['decode_speedup']:.2f} |" in decode and "| attn-drop |" in decode
     assert (out / "ppl_vs_ratio.png").stat().st_size > 0 and (out / "latency_vs_ppl.png").stat().st_size > 0
     assert not (out / "artifacts").exists()  # measured artifacts are removed unless kept
     assert "| shortgpt |" in capsys.readouterr().out
