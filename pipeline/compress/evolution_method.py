@@ -62,6 +62,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
         choice = reformed_choice(runs, options.final_candidates, final_scorer, ctx.base, ctx.progress)
         track, chosen = choice.track, choice.candidate
     search = runs["main"].search
+    history = [row for run in runs.values() for row in run.search.history]
     notes = {"method": "evolution", "mlp_multiple": options.mlp_multiple, "search_ppl": round(chosen.ppl, 4),
              **({"track": track} if len(runs) > 1 else {}),
              **({"reformed_ppl": round(choice.reformed_ppl, 4)} if choice else {})}
@@ -70,8 +71,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
                "fitness_reform": options.fitness_reform, "generations": search.generation,
                "candidates_scored": sum(len(run.search.seen) for run in runs.values()),
                "fitness_windows": list(windows.shape),
-               "seconds_per_candidate": _mean_seconds([row for run in runs.values() for row in run.search.history]),
-               "prefix_reuse": _mean([row for run in runs.values() for row in run.search.history], "prefix_reuse"),
+               "seconds_per_candidate": _mean_seconds(history), "prefix_reuse": _mean(history, "prefix_reuse"),
                "resumed_from_generation": runs["main"].resumed_from,
                "stopped_by_time_limit": any(run.stopped for run in runs.values())}
     if len(runs) > 1:
@@ -154,15 +154,13 @@ def reformed_choice(runs: dict[str, TrackRun], per_track: int, scorer: Candidate
             if candidate.key not in keys:
                 keys.add(candidate.key)
                 finalists.append((track, origin, candidate))
-    rows, best = [], None
-    for track, origin, candidate in tqdm(finalists, desc="final choice", unit="cand", disable=not progress):
-        reformed = scorer.perplexity(genome_spec(candidate.genome, base))
-        rows.append({"track": track, "origin": origin, "search_ppl": candidate.ppl, "reformed_ppl": reformed,
-                     "ratio": round(genome_ratio(candidate.genome, base), 6), "chosen": False})
-        if best is None or reformed < best[2]:
-            best = (track, candidate, reformed, len(rows) - 1)
-    rows[best[3]]["chosen"] = True
-    return FinalChoice(best[0], best[1], best[2], rows)
+    rows = [{"track": track, "origin": origin, "search_ppl": candidate.ppl,
+             "reformed_ppl": scorer.perplexity(genome_spec(candidate.genome, base)),
+             "ratio": round(genome_ratio(candidate.genome, base), 6), "chosen": False}
+            for track, origin, candidate in tqdm(finalists, desc="final choice", unit="cand", disable=not progress)]
+    best = min(range(len(rows)), key=lambda i: rows[i]["reformed_ppl"])  # the first of equal scores
+    rows[best]["chosen"] = True
+    return FinalChoice(rows[best]["track"], finalists[best][2], rows[best]["reformed_ppl"], rows)
 
 
 def final_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch.Tensor | None:
