@@ -20,34 +20,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.calibration_args import add_calibration_arguments, load_calibration  # noqa: E402
 from pipeline.compress.candidate_scorer import CandidateScorer  # noqa: E402
 from pipeline.compress.evolution import EvolutionOptions  # noqa: E402
 from pipeline.compress.fitness_refit import ProjectionRefit, held_out_moments, projection_grams  # noqa: E402
 from pipeline.compress.importance import layer_importance  # noqa: E402
 from pipeline.compress.layer_reform import PROJECTIONS  # noqa: E402
-from pipeline.data import calibration_windows, load_corpus  # noqa: E402
+from pipeline.data import calibration_windows  # noqa: E402
 from pipeline.models.adapters import adapter_for  # noqa: E402
-from pipeline.models.loading import load_model  # noqa: E402
 from pipeline.models.spec import ArchSpec  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("specs", nargs="+", help="arch.json files")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--data-dir", default=None, help="corpora directory (else $SCULPT_DATA_DIR)")
-    parser.add_argument("--calib-corpus", default="auto")
-    parser.add_argument("--calib-samples", type=int, default=32)
-    parser.add_argument("--calib-seqlen", type=int, default=512)
+    add_calibration_arguments(parser)
     parser.add_argument("--held-windows", type=int, default=8, help="held-out text windows (another seed)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     defaults = EvolutionOptions()
 
-    loaded = load_model(args.model)
+    loaded, corpus, calibration = load_calibration(args)
     model, adapter = loaded.model, adapter_for(loaded.model.config)
-    corpus = load_corpus(args.calib_corpus, "calibration", args.data_dir)
-    calibration = calibration_windows(loaded.tokenizer, corpus, args.calib_samples, args.calib_seqlen, args.seed)
     held_text = calibration_windows(loaded.tokenizer, corpus, args.held_windows, defaults.fitness_seqlen,
                                     args.seed + 1)
     fitness = calibration[: defaults.fitness_windows, : defaults.fitness_seqlen]

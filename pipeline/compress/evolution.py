@@ -66,9 +66,8 @@ class EvolutionOptions(MethodOptions):
     # widths-only search wins at deep cuts and the skipping one at shallow cuts (docs/search.md)
     skip_free_track: bool = False
     # what the search returns: "fitness" = the lowest calibration score of any track; "reformed" = among each
-    # track's best `final_candidates` and the best uniform seed, the lowest perplexity on the last `final_windows`
-    # calibration windows after the least-squares correction of the pruned o_proj/down_proj (the limit of the
-    # reform stage's ADMM) fitted on the other calibration windows
+    # track's best `final_candidates` and as many best uniform seeds, the lowest perplexity on the last `final_windows`
+    # calibration windows after the reform stage's default ADMM (sequential) on the other calibration windows
     final_choice: Literal["fitness", "reformed"] = "fitness"
     final_candidates: int = Field(3, ge=1)
     final_windows: int = Field(8, ge=1)
@@ -109,7 +108,7 @@ class EvolutionSearch:
         self.rng = np.random.default_rng(seed)
         self.seen: dict[str, float] = {}
         self.parents: list[Candidate] = []
-        self.seed_best: Candidate | None = None  # the best uniform seed, as generation 0 scored it
+        self.seeds: list[Candidate] = []  # the uniform seeds, best first, as generation 0 scored them
         self.history: list[dict] = []
         self.generation = -1  # the last completed generation
         self.strong = Rates(options.mask_rate_initial, options.ratio_rate_initial, options.depth_rate)
@@ -128,7 +127,8 @@ class EvolutionSearch:
                               "or lower the latency speed-up")
         began = time.perf_counter()
         scored = self._score_all([("seed", g) for g in self._unique(legal)], on_scored)
-        seed_best = self.seed_best = min(scored, key=lambda c: (c[1].ppl, c[1].key))[1]
+        self.seeds = sorted((candidate for _, candidate in scored), key=lambda c: (c.ppl, c.key))
+        seed_best = self.seeds[0]
         wanted = self.options.population - len(scored)
         scored += self._score_all(self._offspring([seed_best], [("strong", wanted)]), on_scored)
         return self._close_generation(scored, began, seed_ppl=seed_best.ppl)
@@ -210,14 +210,14 @@ class EvolutionSearch:
     def state_dict(self) -> dict:
         return {"generation": self.generation, "rng": self.rng.bit_generator.state, "seen": self.seen,
                 "parents": [_candidate_dict(c) for c in self.parents],
-                "seed_best": _candidate_dict(self.seed_best) if self.seed_best else None, "history": self.history}
+                "seeds": [_candidate_dict(c) for c in self.seeds], "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.generation = state["generation"]
         self.rng.bit_generator.state = state["rng"]
         self.seen = dict(state["seen"])
         self.parents = [_candidate(p) for p in state["parents"]]
-        self.seed_best = _candidate(state["seed_best"]) if state.get("seed_best") else None
+        self.seeds = [_candidate(c) for c in state.get("seeds", [])]
         self.history = list(state["history"])
 
 

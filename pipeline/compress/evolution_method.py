@@ -1,7 +1,7 @@
 """The `evolution` method: wires the search to a model, its calibration data and the artifact.
 
-Importance (once, kept in the resume directory) and, for a reform-aware fitness or a reformed final
-choice, the dense input moments of every o_proj/down_proj from the same pass; the uniform seeds, the
+Importance (once, kept in the resume directory) and, for a reform-aware fitness, the dense input
+moments of every o_proj/down_proj from the same pass; the uniform seeds, the
 budget (with a latency table when a speed-up is asked for), the candidate scorer, one search per
 track (the main one, and with `skip_free_track` one with the skip genes off), each checkpointed
 after every generation; the final choice; and the outputs: `search.jsonl`, `convergence.png`
@@ -14,22 +14,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import SculptError
 from ..models.loading import cache_root
-from ..models.spec import BaseDims
+from ..models.slicing import slice_model
+from ..models.spec import ArchSpec, BaseDims
 from .candidate_scorer import CandidateScorer
 from .evolution import Candidate, EvolutionOptions, EvolutionSearch, fingerprint, run_generations, search_space
 from .evolution_genes import Budget, Genome, SearchSpace, genome_from_spec, genome_ratio, genome_spec, layer_shapes
 from .evolution_records import (load_checkpoint, load_importance, plot_convergence, save_checkpoint, save_importance,
                                 track_file, write_log)
+from .fitness import calibration_perplexity
 from .fitness_refit import ProjectionRefit, held_out_moments, projection_grams
 from .importance import LayerImportance, layer_importance
 from .latency_table import LatencyTable, machine_key, measure_latency_table
-from .layer_reform import PROJECTIONS
+from .layer_reform import PROJECTIONS, ReformSettings, reform_sculpted
 from .layer_stream import GramAccumulator
 from .registry import MethodContext, MethodResult, register
 from .selection import attention_shapes
@@ -43,8 +46,6 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     final = final_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
     held_out = {"fitness": windows} if options.fitness_reform != "none" else {}
-    if final is not None:
-        held_out["final"] = final
     importance, refits = _importance(ctx, calibration_hash, held_out)
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
@@ -58,8 +59,9 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
         track = min(runs, key=lambda t: (runs[t].search.best.ppl, t != "main"))
         chosen, choice = runs[track].search.best, None
     else:
-        final_scorer = CandidateScorer(ctx.model, final, options.cache_mb * 2**20, refits["final"])
-        choice = reformed_choice(runs, options.final_candidates, final_scorer, ctx.base, ctx.progress)
+        fit, held = final
+        choice = reformed_choice(runs, options.final_candidates, ctx.base, ctx.progress,
+                                 lambda spec: reformed_perplexity(ctx.model, spec, fit, held, ctx.batch_size))
         track, chosen = choice.track, choice.candidate
     search = runs["main"].search
     history = [row for run in runs.values() for row in run.search.history]
@@ -79,7 +81,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
                                  "resumed_from_generation": run.resumed_from} for t, run in runs.items()}
         metrics["chosen_track"] = track
     if choice is not None:
-        metrics.update(final_choice=choice.rows, final_windows=list(final.shape), reformed_ppl=choice.reformed_ppl)
+        metrics.update(final_choice=choice.rows, final_windows=list(final[1].shape), reformed_ppl=choice.reformed_ppl)
     if refits.get("fitness") is not None:
         metrics.update(refits["fitness"].stats.as_dict())
     if table is not None:
@@ -142,20 +144,21 @@ class FinalChoice:
     rows: list[dict]  # every finalist: track, origin, search and reformed perplexity, ratio, chosen
 
 
-def reformed_choice(runs: dict[str, TrackRun], per_track: int, scorer: CandidateScorer, base: BaseDims,
-                    progress: bool) -> FinalChoice:
-    """The finalist with the lowest corrected perplexity on the held-out windows: each track's best `per_track`
-    and the best uniform seed (kept when nothing beats it); ties go to the earlier finalist."""
+def reformed_choice(runs: dict[str, TrackRun], per_track: int, base: BaseDims, progress: bool,
+                    score: Callable[[ArchSpec], float]) -> FinalChoice:
+    """The finalist with the lowest `score` (perplexity after reform, on held-out windows): each track's best
+    `per_track` candidates and uniform seeds (a uniform architecture is kept when nothing beats it; the seed
+    the fitness ranks first need not be the best after reform); ties go to the earlier finalist."""
     finalists, keys = [], set()
     for track, run in runs.items():
         ranked = [(f"parent {i + 1}", c) for i, c in enumerate(run.search.parents[:per_track])]
-        seed = run.search.seed_best
-        for origin, candidate in ranked + ([("uniform seed", seed)] if seed is not None else []):
+        seeds = [(f"uniform seed {i + 1}", c) for i, c in enumerate(run.search.seeds[:per_track])]
+        for origin, candidate in ranked + seeds:
             if candidate.key not in keys:
                 keys.add(candidate.key)
                 finalists.append((track, origin, candidate))
     rows = [{"track": track, "origin": origin, "search_ppl": candidate.ppl,
-             "reformed_ppl": scorer.perplexity(genome_spec(candidate.genome, base)),
+             "reformed_ppl": score(genome_spec(candidate.genome, base)),
              "ratio": round(genome_ratio(candidate.genome, base), 6), "chosen": False}
             for track, origin, candidate in tqdm(finalists, desc="final choice", unit="cand", disable=not progress)]
     best = min(range(len(rows)), key=lambda i: rows[i]["reformed_ppl"])  # the first of equal scores
@@ -163,8 +166,19 @@ def reformed_choice(runs: dict[str, TrackRun], per_track: int, scorer: Candidate
     return FinalChoice(rows[best]["track"], finalists[best][2], rows[best]["reformed_ppl"], rows)
 
 
-def final_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch.Tensor | None:
-    """The last `final_windows` calibration windows (whole), for the reformed final choice; None without one."""
+def reformed_perplexity(model: torch.nn.Module, spec: ArchSpec, fit: torch.Tensor, held: torch.Tensor,
+                        batch_size: int = 1) -> float:
+    """`spec` sliced from `model`, reformed as the reform stage does by default (sequential ADMM, the paper's
+    rho and iterations) on the `fit` windows, then its perplexity on the `held` windows."""
+    sculpted = slice_model(model, spec)
+    reform_sculpted(sculpted, model, spec, fit, ReformSettings("admm"), batch_size, progress=False)
+    return calibration_perplexity(sculpted, held, batch_size)
+
+
+def final_windows(calibration: torch.Tensor,
+                  options: EvolutionOptions) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For the reformed final choice, the windows the finalists are reformed on and the last `final_windows`
+    (whole) they are scored on; None without one."""
     if options.final_choice != "reformed":
         return None
     count = calibration.shape[0]
@@ -172,7 +186,7 @@ def final_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch
         raise SculptError(f"the reformed final choice scores the finalists on the last {options.final_windows} "
                           f"calibration windows, which must not overlap the {options.fitness_windows} fitness windows, "
                           f"and the calibration has {count}: raise --calib-samples or lower the final_windows option")
-    return calibration[count - options.final_windows:]
+    return calibration[: count - options.final_windows], calibration[count - options.final_windows:]
 
 
 def fitness_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch.Tensor:

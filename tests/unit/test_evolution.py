@@ -274,11 +274,16 @@ def test_the_reformed_final_choice_weighs_a_skip_free_track_and_the_uniform_seed
     result = run_evolution(ctx, 0.7, TRACKS)
     rows = result.metrics["final_choice"]
     assert {row["track"] for row in rows} == {"main", "skip-free"}
-    assert any(row["origin"] == "uniform seed" for row in rows)  # kept when nothing beats it
+    assert sum(row["origin"].startswith("uniform seed") for row in rows) == 2  # kept when nothing beats them
     chosen = [row for row in rows if row["chosen"]]
     assert len(chosen) == 1 and chosen[0]["reformed_ppl"] == min(row["reformed_ppl"] for row in rows)
     assert result.metrics["chosen_track"] == chosen[0]["track"] == result.spec.notes.get("track")
     assert json.loads((ctx.out_dir / "final_choice.json").read_text()) == rows
+    # the returned architecture is the one scored, after ADMM reform (fitted on the windows before the held-out two)
+    fit, held = ctx.calibration[:-2], ctx.calibration[-2:]
+    reformed = evolution_method.reformed_perplexity(ctx.model, result.spec, fit, held)
+    assert reformed == pytest.approx(chosen[0]["reformed_ppl"], rel=1e-5)
+    assert reformed != pytest.approx(calibration_perplexity(slice_model(ctx.model, result.spec), held), rel=1e-4)
     # the skip-free track never skipped a sublayer or removed a layer
     track = json.loads((ctx.state_dir / "evolution-skip-free.json").read_text())
     assert track["parents"] and all(gene.attention and gene.mlp and gene.kept for parent in track["parents"]
@@ -292,15 +297,14 @@ def test_the_reformed_final_choice_weighs_a_skip_free_track_and_the_uniform_seed
 def test_a_finished_two_track_search_resumes_both_tracks_and_only_rescores_the_finalists(tmp_path, monkeypatch):
     ctx = _context(tmp_path, "again")
     first = run_evolution(ctx, 0.7, TRACKS)
-    scored, original = [], CandidateScorer.perplexity
-
-    def counted(self, spec):
-        scored.append(spec)
-        return original(self, spec)
-
-    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity", counted)
+    searched, reformed = [], []
+    search_score, reform_score = CandidateScorer.perplexity, evolution_method.reformed_perplexity
+    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity",
+                        lambda self, spec: searched.append(spec) or search_score(self, spec))
+    monkeypatch.setattr(evolution_method, "reformed_perplexity",
+                        lambda *args, **kwargs: reformed.append(args) or reform_score(*args, **kwargs))
     again = run_evolution(ctx, 0.7, TRACKS)
-    assert len(scored) == len(first.metrics["final_choice"])
+    assert not searched and len(reformed) == len(first.metrics["final_choice"])
     assert {t: run["resumed_from_generation"] for t, run in again.metrics["tracks"].items()} == \
         {"main": OPTIONS.generations, "skip-free": OPTIONS.generations}
     assert again.spec.to_dict() == first.spec.to_dict()
