@@ -162,7 +162,7 @@ def markdown(rows: list[dict], args) -> str:
     by = {(r["method"], r["ratio"]): r for r in rows}
     for ratio in args.ratios:
         u, e = by[("uniform", ratio)], by[("evolution", ratio)]
-        better = "evolution" if e["ppl"] < u["ppl"] else "uniform"
+        better = "tie" if e["ppl"] == u["ppl"] else "evolution" if e["ppl"] < u["ppl"] else "uniform"
         lines.append(f"| {ratio} | {u['decoder_ratio']:.3f} / {e['decoder_ratio']:.3f} | {u['ppl']:.3f} | "
                      f"{e['ppl']:.3f} | {better} | {u['decode_speedup']:.2f} | {e['decode_speedup']:.2f} | "
                      f"{e['layers']} | {e['search_seconds']:.0f} |")
