@@ -24,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.calibration_args import add_calibration_arguments, load_calibration  # noqa: E402
 from pipeline.compress.fitness import calibration_perplexity  # noqa: E402
-from pipeline.compress.layer_reform import ReformSettings, reform_sculpted  # noqa: E402
+from pipeline.compress.evolution_method import reformed_model  # noqa: E402
 from pipeline.data import calibration_windows  # noqa: E402
-from pipeline.models.slicing import slice_model  # noqa: E402
 from pipeline.models.spec import ArchSpec, decoder_ratio  # noqa: E402
 
 
@@ -49,8 +48,7 @@ def main() -> None:
     for path in args.specs:
         began = time.perf_counter()
         spec = ArchSpec.from_json(Path(path).read_text())
-        model = slice_model(loaded.model, spec)
-        reform_sculpted(model, loaded.model, spec, fit, ReformSettings("admm"), progress=False)
+        model = reformed_model(loaded.model, spec, fit)
         scores = [calibration_perplexity(model, windows) for windows in (held, other)]
         print(f"| {path} | {decoder_ratio(spec):.3f} | {scores[0]:.2f} | {scores[1]:.2f} | "
               f"{time.perf_counter() - began:.0f} |", flush=True)

@@ -45,12 +45,11 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     windows = fitness_windows(ctx.calibration, options)
     final = final_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
-    held_out = {"fitness": windows} if options.fitness_reform != "none" else {}
-    importance, refits = _importance(ctx, calibration_hash, held_out)
+    importance, refit = _importance(ctx, calibration_hash, windows if options.fitness_reform != "none" else None)
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
-    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20, refits.get("fitness"))
+    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20, refit)
     tracks = {"main": options, **({"skip-free": options.skip_free()} if options.skip_free_track else {})}
     runs = {track: run_track(ctx, track, track_options, importance, budget, scorer, ratio, calibration_hash, table)
             for track, track_options in tracks.items()}
@@ -82,8 +81,8 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
         metrics["chosen_track"] = track
     if choice is not None:
         metrics.update(final_choice=choice.rows, final_windows=list(final[1].shape), reformed_ppl=choice.reformed_ppl)
-    if refits.get("fitness") is not None:
-        metrics.update(refits["fitness"].stats.as_dict())
+    if refit is not None:
+        metrics.update(refit.stats.as_dict())
     if table is not None:
         metrics["predicted_speedup"] = table.speedup(layer_shapes(chosen.genome, ctx.base))
     if ctx.out_dir is not None:
@@ -168,11 +167,16 @@ def reformed_choice(runs: dict[str, TrackRun], per_track: int, base: BaseDims, p
 
 def reformed_perplexity(model: torch.nn.Module, spec: ArchSpec, fit: torch.Tensor, held: torch.Tensor,
                         batch_size: int = 1) -> float:
-    """`spec` sliced from `model`, reformed as the reform stage does by default (sequential ADMM, the paper's
-    rho and iterations) on the `fit` windows, then its perplexity on the `held` windows."""
+    """The perplexity on the `held` windows of `spec` after `reformed_model` on the `fit` windows."""
+    return calibration_perplexity(reformed_model(model, spec, fit, batch_size), held, batch_size)
+
+
+def reformed_model(model: torch.nn.Module, spec: ArchSpec, fit: torch.Tensor, batch_size: int = 1) -> torch.nn.Module:
+    """`spec` sliced from `model` and reformed as the reform stage does by default (sequential ADMM, the paper's
+    rho and iterations) on the `fit` windows."""
     sculpted = slice_model(model, spec)
     reform_sculpted(sculpted, model, spec, fit, ReformSettings("admm"), batch_size, progress=False)
-    return calibration_perplexity(sculpted, held, batch_size)
+    return sculpted
 
 
 def final_windows(calibration: torch.Tensor,
@@ -251,14 +255,13 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
 
 
 def _importance(ctx: MethodContext, calibration_hash: str,
-                held_out: dict[str, torch.Tensor]) -> tuple[list[LayerImportance], dict[str, ProjectionRefit]]:
-    """The importance (from the resume directory if there) and, per named set of `held_out` windows, the
-    least-squares refit fitted on the same pass's o_proj/down_proj input moments less that set's share
-    (fitness_refit.py): candidates scored on those windows are scored on text their corrections never saw."""
+                fitness: torch.Tensor | None) -> tuple[list[LayerImportance], ProjectionRefit | None]:
+    """The importance (from the resume directory if there) and, given the `fitness` windows, the least-squares
+    refit fitted on the same pass's o_proj/down_proj input moments less those windows' share (fitness_refit.py):
+    candidates are scored on text their corrections never saw."""
     importance = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
-    if importance is not None and not held_out:
-        return importance, {}
-    fitness = held_out.get("fitness")
+    if importance is not None and fitness is None:
+        return importance, None
     if fitness is not None and fitness.numel() >= ctx.calibration.numel():
         raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "
                           "are not scored on, and the fitness windows are all of them: raise --calib-samples, "
@@ -269,16 +272,15 @@ def _importance(ctx: MethodContext, calibration_hash: str,
         totals.append({module: grams[module] for module in PROJECTIONS})
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
-                                  on_layer=keep_grams if held_out else None)
+                                  on_layer=keep_grams if fitness is not None else None)
     if ctx.state_dir is not None:
         save_importance(ctx.state_dir, calibration_hash, importance)
-    refits = {}
-    for name, windows in held_out.items():
-        grams = projection_grams(ctx.model, ctx.adapter, windows)
-        refits[name] = ProjectionRefit(ctx.model, ctx.adapter,
-                                       [held_out_moments(total, held) for total, held in zip(totals, grams)])
+    if fitness is None:
+        return importance, None
+    fitness_grams = projection_grams(ctx.model, ctx.adapter, fitness)
+    moments = [held_out_moments(total, held) for total, held in zip(totals, fitness_grams)]
     totals.clear()
-    return importance, refits
+    return importance, ProjectionRefit(ctx.model, ctx.adapter, moments)
 
 
 def _stats_per_generation(scorer: CandidateScorer):
