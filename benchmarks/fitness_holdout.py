@@ -45,7 +45,8 @@ def main() -> None:
     fitness = calibration[: defaults.fitness_windows, : defaults.fitness_seqlen]
 
     totals = []
-    layer_importance(model, adapter, calibration, on_layer=lambda _i, g: totals.append({m: g[m] for m in PROJECTIONS}))
+    layer_importance(model, adapter, calibration,
+                     on_layer=lambda _i, g, _s: totals.append({m: g[m] for m in PROJECTIONS}))
     in_sample = ProjectionRefit(model, adapter, [{m: g.mean() for m, g in layer.items()} for layer in totals])
     held_out = ProjectionRefit(model, adapter, [held_out_moments(t, f) for t, f in
                                                 zip(totals, projection_grams(model, adapter, fitness))])

@@ -56,6 +56,9 @@ class EvolutionOptions(MethodOptions):
     # "least-squares": score each candidate after the least-squares correction of its pruned o_proj/down_proj,
     # as a reform stage would ship it (fitness_refit.py); helps at deep cuts, hurts at shallow ones (docs/search.md)
     fitness_reform: Literal["none", "least-squares"] = "none"
+    # also seed the search with, per uniform seed, the same attention and total MLP width spread over the layers by
+    # what the reform cannot recover (mlp_allocation.py); costs a forward and backward pass per calibration window
+    allocated_seeds: bool = False
     cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
     latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
     latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]
@@ -66,8 +69,8 @@ class EvolutionOptions(MethodOptions):
     # widths-only search wins at deep cuts and the skipping one at shallow cuts (docs/search.md)
     skip_free_track: bool = False
     # what the search returns: "fitness" = the lowest calibration score of any track; "reformed" = among each
-    # track's best `final_candidates` and as many best uniform seeds, the lowest perplexity on the last `final_windows`
-    # calibration windows after the reform stage's default ADMM (sequential) on the other calibration windows
+    # track's best `final_candidates` and as many best uniform seeds (and allocated seeds), the lowest perplexity on
+    # the last `final_windows` calibration windows after the reform stage's default ADMM (sequential) on the others
     final_choice: Literal["fitness", "reformed"] = "fitness"
     final_candidates: int = Field(3, ge=1)
     final_windows: int = Field(8, ge=1)
@@ -108,7 +111,8 @@ class EvolutionSearch:
         self.rng = np.random.default_rng(seed)
         self.seen: dict[str, float] = {}
         self.parents: list[Candidate] = []
-        self.seeds: list[Candidate] = []  # the uniform seeds, best first, as generation 0 scored them
+        self.seeds: list[Candidate] = []  # the seeds, best first, as generation 0 scored them
+        self.seed_kinds: dict[str, str] = {}  # each seed's key -> where it came from ("uniform", "allocated")
         self.history: list[dict] = []
         self.generation = -1  # the last completed generation
         self.strong = Rates(options.mask_rate_initial, options.ratio_rate_initial, options.depth_rate)
@@ -119,15 +123,21 @@ class EvolutionSearch:
         return self.parents[0]
 
     # ---- generations -------------------------------------------------------------------
-    def initial(self, seeds: list[Genome], on_scored: Callable[[], None] = lambda: None) -> dict:
-        """Generation 0: the seeds, then strong mutants of the best seed up to the population size."""
-        legal = [g for g in (repair(s, self.space, self.budget, self.rng) for s in seeds) if g is not None]
+    def initial(self, seeds: list[tuple[str, Genome]], on_scored: Callable[[], None] = lambda: None) -> dict:
+        """Generation 0: the seeds (each with where it came from), then strong mutants of the best seed up to the
+        population size."""
+        legal = {}
+        for kind, seed in seeds:
+            genome = repair(seed, self.space, self.budget, self.rng)
+            if genome is not None:
+                legal.setdefault(genome_key(genome), (kind, genome))
         if not legal:
             raise SculptError("no uniform architecture fits the budget: raise the ratio or the tolerance, "
                               "or lower the latency speed-up")
         began = time.perf_counter()
-        scored = self._score_all([("seed", g) for g in self._unique(legal)], on_scored)
+        scored = self._score_all([("seed", g) for g in self._unique([g for _, g in legal.values()])], on_scored)
         self.seeds = sorted((candidate for _, candidate in scored), key=lambda c: (c.ppl, c.key))
+        self.seed_kinds = {key: kind for key, (kind, _) in legal.items()}
         seed_best = self.seeds[0]
         wanted = self.options.population - len(scored)
         scored += self._score_all(self._offspring([seed_best], [("strong", wanted)]), on_scored)
@@ -210,7 +220,8 @@ class EvolutionSearch:
     def state_dict(self) -> dict:
         return {"generation": self.generation, "rng": self.rng.bit_generator.state, "seen": self.seen,
                 "parents": [_candidate_dict(c) for c in self.parents],
-                "seeds": [_candidate_dict(c) for c in self.seeds], "history": self.history}
+                "seeds": [{**_candidate_dict(c), "kind": self.seed_kinds.get(c.key, "uniform")} for c in self.seeds],
+                "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.generation = state["generation"]
@@ -218,6 +229,7 @@ class EvolutionSearch:
         self.seen = dict(state["seen"])
         self.parents = [_candidate(p) for p in state["parents"]]
         self.seeds = [_candidate(c) for c in state.get("seeds", [])]
+        self.seed_kinds = {c.key: data.get("kind", "uniform") for c, data in zip(self.seeds, state.get("seeds", []))}
         self.history = list(state["history"])
 
 
@@ -244,7 +256,7 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def run_generations(search: EvolutionSearch, seeds: list[Genome], checkpoint: Callable[[dict], None],
+def run_generations(search: EvolutionSearch, seeds: list[tuple[str, Genome]], checkpoint: Callable[[dict], None],
                     describe: Callable[[], dict] = dict, progress: bool = True, desc: str = "evolution") -> bool:
     """Run the remaining generations, checkpointing after each; True if the time limit cut it short."""
     opts = search.options

@@ -1,7 +1,8 @@
 """The `evolution` method: wires the search to a model, its calibration data and the artifact.
 
 Importance (once, kept in the resume directory) and, for a reform-aware fitness, the dense input
-moments of every o_proj/down_proj from the same pass; the uniform seeds, the
+moments of every o_proj/down_proj from the same pass; with `allocated_seeds`, every layer's removal
+cost of each MLP width (same pass, plus a gradient pass); the uniform (and allocated) seeds, the
 budget (with a latency table when a speed-up is asked for), the candidate scorer, one search per
 track (the main one, and with `skip_free_track` one with the skip genes off), each checkpointed
 after every generation; the final choice; and the outputs: `search.jsonl`, `convergence.png`
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,16 +27,17 @@ from ..models.spec import ArchSpec, BaseDims
 from .candidate_scorer import CandidateScorer
 from .evolution import Candidate, EvolutionOptions, EvolutionSearch, fingerprint, run_generations, search_space
 from .evolution_genes import Budget, Genome, SearchSpace, genome_from_spec, genome_ratio, genome_spec, layer_shapes
-from .evolution_records import (load_checkpoint, load_importance, plot_convergence, save_checkpoint, save_importance,
-                                track_file, write_log)
+from .evolution_records import (WidthCosts, load_checkpoint, load_importance, plot_convergence, save_checkpoint,
+                                save_importance, track_file, write_log)
 from .fitness import calibration_perplexity
 from .fitness_refit import ProjectionRefit, held_out_moments, projection_grams
 from .importance import LayerImportance, layer_importance
 from .latency_table import LatencyTable, machine_key, measure_latency_table
 from .layer_reform import PROJECTIONS, ReformSettings, reform_sculpted
 from .layer_stream import GramAccumulator
+from .mlp_allocation import allocate_widths, output_gradient_covariance, removal_costs
 from .registry import MethodContext, MethodResult, register
-from .selection import attention_shapes
+from .selection import attention_shapes, top_units
 from .uniform import uniform_spec
 
 
@@ -45,13 +47,16 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     windows = fitness_windows(ctx.calibration, options)
     final = final_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
-    importance, refit = _importance(ctx, calibration_hash, windows if options.fitness_reform != "none" else None)
+    importance, refit, width_costs = _importance(
+        ctx, calibration_hash, windows if options.fitness_reform != "none" else None,
+        SearchSpace(ctx.base, None, options.mlp_multiple).widths() if options.allocated_seeds else None)
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
     scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20, refit)
     tracks = {"main": options, **({"skip-free": options.skip_free()} if options.skip_free_track else {})}
-    runs = {track: run_track(ctx, track, track_options, importance, budget, scorer, ratio, calibration_hash, table)
+    runs = {track: run_track(ctx, track, track_options, importance, width_costs, budget, scorer, ratio,
+                             calibration_hash, table)
             for track, track_options in tracks.items()}
 
     if final is None:
@@ -105,9 +110,10 @@ class TrackRun:
 
 
 def run_track(ctx: MethodContext, track: str, options: EvolutionOptions, importance: list[LayerImportance],
-              budget: Budget, scorer: CandidateScorer, ratio: float, calibration_hash: str,
-              table: LatencyTable | None) -> TrackRun:
-    """One search from the uniform seeds, resumed from and checkpointed to its own file; its log and plot."""
+              width_costs: WidthCosts | None, budget: Budget, scorer: CandidateScorer, ratio: float,
+              calibration_hash: str, table: LatencyTable | None) -> TrackRun:
+    """One search from the uniform (and allocated) seeds, resumed from and checkpointed to its own file; its log
+    and plot."""
     space = search_space(ctx.base, importance, options)
     search = EvolutionSearch(space, budget, lambda genome: scorer.perplexity(genome_spec(genome, ctx.base)),
                              options, ctx.seed)
@@ -124,7 +130,10 @@ def run_track(ctx: MethodContext, track: str, options: EvolutionOptions, importa
         if ctx.out_dir is not None:
             write_log(ctx.out_dir, search.history, track)
 
-    stopped = run_generations(search, seed_genomes(ctx.base, importance, space, budget), checkpoint,
+    uniform = seed_genomes(ctx.base, importance, space, budget)
+    allocated = allocated_genomes(uniform, importance, width_costs) if width_costs is not None else []
+    seeds = [("uniform", g) for g in uniform] + [("allocated", g) for g in allocated]
+    stopped = run_generations(search, seeds, checkpoint,
                               _stats_per_generation(scorer), ctx.progress,
                               desc="evolution" if track == "main" else f"evolution ({track})")
     if ctx.out_dir is not None:
@@ -146,13 +155,15 @@ class FinalChoice:
 def reformed_choice(runs: dict[str, TrackRun], per_track: int, base: BaseDims, progress: bool,
                     score: Callable[[ArchSpec], float]) -> FinalChoice:
     """The finalist with the lowest `score` (perplexity after reform, on held-out windows): each track's best
-    `per_track` candidates and uniform seeds (a uniform architecture is kept when nothing beats it; the seed
+    `per_track` candidates, uniform seeds and allocated seeds (a seed is kept when nothing beats it; the seed
     the fitness ranks first need not be the best after reform); ties go to the earlier finalist."""
     finalists, keys = [], set()
     for track, run in runs.items():
         ranked = [(f"parent {i + 1}", c) for i, c in enumerate(run.search.parents[:per_track])]
-        seeds = [(f"uniform seed {i + 1}", c) for i, c in enumerate(run.search.seeds[:per_track])]
-        for origin, candidate in ranked + seeds:
+        for kind in ("uniform", "allocated"):
+            seeds = [c for c in run.search.seeds if run.search.seed_kinds.get(c.key, "uniform") == kind]
+            ranked += [(f"{kind} seed {i + 1}", c) for i, c in enumerate(seeds[:per_track])]
+        for origin, candidate in ranked:
             if candidate.key not in keys:
                 keys.add(candidate.key)
                 finalists.append((track, origin, candidate))
@@ -232,6 +243,17 @@ def seed_genomes(base: BaseDims, importance: list[LayerImportance], space: Searc
     return seeds
 
 
+def allocated_genomes(seeds: list[Genome], importance: list[LayerImportance], width_costs: WidthCosts) -> list[Genome]:
+    """Per uniform seed, the same heads and total MLP channels, the widths spread over the layers by their removal
+    costs (mlp_allocation.py), each layer keeping its most important channels."""
+    allocated = []
+    for seed in seeds:
+        widths = allocate_widths(width_costs, sum(len(gene.mlp_channels) for gene in seed))
+        allocated.append(tuple(replace(gene, mlp_channels=top_units(scores.mlp_channels, width))
+                               for gene, scores, width in zip(seed, importance, widths)))
+    return allocated
+
+
 def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> LatencyTable:
     """The table for this model, device and dtype: from the resume directory, the given file or the
     cache (~/.cache/llm-sculpt/latency), else measured now (about a minute) and stored there."""
@@ -254,33 +276,43 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
     return table
 
 
-def _importance(ctx: MethodContext, calibration_hash: str,
-                fitness: torch.Tensor | None) -> tuple[list[LayerImportance], ProjectionRefit | None]:
-    """The importance (from the resume directory if there) and, given the `fitness` windows, the least-squares
-    refit fitted on the same pass's o_proj/down_proj input moments less those windows' share (fitness_refit.py):
-    candidates are scored on text their corrections never saw."""
-    importance = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
-    if importance is not None and fitness is None:
-        return importance, None
+def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor | None, widths: tuple[int, ...] | None
+                ) -> tuple[list[LayerImportance], ProjectionRefit | None, WidthCosts | None]:
+    """The importance (from the resume directory if there); given the `fitness` windows, the least-squares
+    refit fitted on the same pass's o_proj/down_proj input moments less those windows' share (fitness_refit.py),
+    so candidates are scored on text their corrections never saw; given `widths`, every layer's removal cost of
+    each MLP width (mlp_allocation.py), from the same pass and a gradient pass over the calibration windows."""
+    cached = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
+    if cached is not None and fitness is None and (widths is None or cached[1] is not None):
+        return cached[0], None, cached[1] if widths is not None else None
     if fitness is not None and fitness.numel() >= ctx.calibration.numel():
         raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "
                           "are not scored on, and the fitness windows are all of them: raise --calib-samples, "
                           "lower the fitness_windows option, or set fitness_reform: none")
+    fishers = output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, ctx.progress) if widths else None
+    downs = [ctx.adapter.mlp_linears(layer)[2] for layer in ctx.adapter.layers(ctx.model)]
     totals: list[dict[str, GramAccumulator]] = []
+    costs: WidthCosts = []
 
-    def keep_grams(_index: int, grams: dict[str, GramAccumulator]) -> None:
-        totals.append({module: grams[module] for module in PROJECTIONS})
+    def keep_statistics(index: int, grams: dict[str, GramAccumulator], scores: LayerImportance) -> None:
+        if fitness is not None:
+            totals.append({module: grams[module] for module in PROJECTIONS})
+        if fishers is not None:
+            order = torch.argsort(scores.mlp_channels, descending=True, stable=True)
+            costs.append(removal_costs(downs[index].weight.detach(), grams["down_proj"].mean(), fishers[index],
+                                       order, widths))
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
-                                  on_layer=keep_grams if fitness is not None else None)
+                                  on_layer=keep_statistics if fitness is not None or fishers is not None else None)
+    width_costs = costs if fishers is not None else None
     if ctx.state_dir is not None:
-        save_importance(ctx.state_dir, calibration_hash, importance)
+        save_importance(ctx.state_dir, calibration_hash, importance, width_costs)
     if fitness is None:
-        return importance, None
+        return importance, None, width_costs
     fitness_grams = projection_grams(ctx.model, ctx.adapter, fitness)
     moments = [held_out_moments(total, held) for total, held in zip(totals, fitness_grams)]
     totals.clear()
-    return importance, ProjectionRefit(ctx.model, ctx.adapter, moments)
+    return importance, ProjectionRefit(ctx.model, ctx.adapter, moments), width_costs
 
 
 def _stats_per_generation(scorer: CandidateScorer):

@@ -47,21 +47,26 @@ def load_checkpoint(state_dir: Path, fingerprint: str, track: str = "main") -> d
     return state if state.get("fingerprint") == fingerprint else None
 
 
-def save_importance(state_dir: Path, fingerprint: str, importance: list[LayerImportance]) -> None:
+WidthCosts = list[dict[int, float]]  # per layer, the removal cost of each MLP width (mlp_allocation.py)
+
+
+def save_importance(state_dir: Path, fingerprint: str, importance: list[LayerImportance],
+                    width_costs: WidthCosts | None = None) -> None:
     rows = [(imp.q_heads, imp.kv_groups, imp.mlp_channels) for imp in importance]
     temp = state_dir / (IMPORTANCE + ".tmp")
-    torch.save({"fingerprint": fingerprint, "layers": rows}, temp)
+    torch.save({"fingerprint": fingerprint, "layers": rows, "width_costs": width_costs}, temp)
     os.replace(temp, state_dir / IMPORTANCE)
 
 
-def load_importance(state_dir: Path, fingerprint: str) -> list[LayerImportance] | None:
+def load_importance(state_dir: Path, fingerprint: str) -> tuple[list[LayerImportance], WidthCosts | None] | None:
+    """The importance and, when that pass also priced the MLP widths, the width costs."""
     path = state_dir / IMPORTANCE
     if not path.is_file():
         return None
     data = torch.load(path, weights_only=True)
     if data.get("fingerprint") != fingerprint:
         return None
-    return [LayerImportance(*row) for row in data["layers"]]
+    return [LayerImportance(*row) for row in data["layers"]], data.get("width_costs")
 
 
 def write_log(out_dir: Path, history: list[dict], track: str = "main") -> None:
@@ -85,7 +90,7 @@ def plot_convergence(path: Path, history: list[dict], title: str) -> None:
     ax.plot(generations, [sum(r["parents_ppl"]) / len(r["parents_ppl"]) for r in history], color="tab:orange",
             lw=1, label="parents' mean")
     if history and history[0].get("seed_ppl"):
-        ax.axhline(history[0]["seed_ppl"], color="tab:red", ls="--", lw=1, label="uniform init (best seed)")
+        ax.axhline(history[0]["seed_ppl"], color="tab:red", ls="--", lw=1, label="initialisation (best seed)")
     ax.set_yscale("log")
     best = [row["best_ppl"] for row in history]
     if best:  # candidates far off the best would squash the interesting range

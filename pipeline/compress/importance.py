@@ -73,7 +73,7 @@ def mlp_scores(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
 
 
 # ---- running the model --------------------------------------------------------
-LayerCallback = Callable[[int, dict[str, GramAccumulator]], None]
+LayerCallback = Callable[[int, dict[str, GramAccumulator], "LayerImportance"], None]
 
 
 @torch.no_grad()
@@ -81,8 +81,9 @@ def layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, batch
                      progress: bool = True, on_layer: LayerCallback | None = None) -> list[LayerImportance]:
     """Importance of every head, KV group and MLP channel of a dense model, from calibration windows.
 
-    `on_layer(index, grams)` sees each layer's input statistics ("attn", "o_proj", "mlp", "down_proj"), for a
-    caller that needs them too (the search's reform-aware fitness) without another pass."""
+    `on_layer(index, grams, scores)` sees each layer's input statistics ("attn", "o_proj", "mlp", "down_proj")
+    and its scores, for a caller that needs them too (the search's reform-aware fitness and width allocation)
+    without another pass."""
     dims = adapter.dims(model.config)
     stream = LayerStream(model, adapter, windows, batch_size)
     results = []
@@ -91,13 +92,13 @@ def layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, batch
         gate, up, down = adapter.mlp_linears(layer)
         with gram_of_inputs({"attn": q, "o_proj": o, "mlp": gate, "down_proj": down}) as grams:
             outputs = stream.run(layer)
-        if on_layer is not None:
-            on_layer(index, grams)
         inv = {name: inverse_hessian_diag(acc.mean()) for name, acc in grams.items()}
         q_heads, kv_groups = attention_scores(
             q.weight, k.weight, v.weight, o.weight, inv["attn"], inv["o_proj"], dims.head_dim, dims.group_size
         )
         channels = mlp_scores(gate.weight, up.weight, down.weight, inv["mlp"], inv["down_proj"])
         results.append(LayerImportance(q_heads.cpu(), kv_groups.cpu(), channels.cpu()))
+        if on_layer is not None:
+            on_layer(index, grams, results[-1])
         stream.advance(outputs)
     return results

@@ -319,3 +319,24 @@ def test_the_final_choice_options_are_checked(tmp_path):
         EvolutionOptions(skip_free_track=True, attention_skip=False, mlp_skip=False, layer_removal=False)
     with pytest.raises(ValueError, match="final_candidates"):
         EvolutionOptions(final_choice="reformed", parents=2, final_candidates=3)
+
+
+def test_allocated_seeds_keep_a_uniform_seeds_heads_and_size_and_reach_the_final_choice(tmp_path, monkeypatch):
+    ctx = _context(tmp_path, "allocated")
+    options = TRACKS.model_copy(update={"allocated_seeds": True})
+    result = run_evolution(ctx, 0.7, options)
+    assert sum(row["origin"].startswith("allocated seed") for row in result.metrics["final_choice"]) == 2
+    state = json.loads((ctx.state_dir / "evolution.json").read_text())
+    kinds = {kind: [genome_from_dict(s["genome"]) for s in state["seeds"] if s["kind"] == kind]
+             for kind in ("uniform", "allocated")}
+    assert kinds["uniform"] and kinds["allocated"]
+    for allocated in kinds["allocated"]:
+        widths = [len(gene.mlp_channels) for gene in allocated]
+        assert len(set(widths)) > 1  # spread over the layers, not uniform
+        twin = [u for u in kinds["uniform"] if [g.q_heads for g in u] == [g.q_heads for g in allocated]]
+        assert twin and sum(len(g.mlp_channels) for g in twin[0]) == sum(widths)  # same heads, same MLP total
+    # a resumed search reuses the width costs kept with the importance: no second gradient pass
+    monkeypatch.setattr(evolution_method, "output_gradient_covariance",
+                        lambda *args, **kwargs: pytest.fail("the width costs were computed again"))
+    again = run_evolution(ctx, 0.7, options)
+    assert again.spec.to_dict() == result.spec.to_dict()

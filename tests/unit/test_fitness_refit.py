@@ -25,7 +25,7 @@ def _refit(model, windows) -> ProjectionRefit:
     adapter = adapter_for(model.config)
     moments = []
     layer_importance(model, adapter, windows, progress=False,
-                     on_layer=lambda _i, grams: moments.append({m: grams[m].mean() for m in PROJECTIONS}))
+                     on_layer=lambda _i, grams, _s: moments.append({m: grams[m].mean() for m in PROJECTIONS}))
     return ProjectionRefit(model, adapter, moments)
 
 
@@ -50,7 +50,7 @@ def test_the_refit_matches_the_least_squares_of_the_reform_stage_and_is_reused()
     kept = torch.tensor([0, 2, 5, 9, 11, 40, 63])
     grams = []
     layer_importance(model, adapter, windows, progress=False,
-                     on_layer=lambda _i, g: grams.append(g["down_proj"].mean()))
+                     on_layer=lambda _i, g, _s: grams.append(g["down_proj"].mean()))
     down = output_projection(adapter, adapter.layers(model)[1], "down_proj").weight.detach()
     expected = least_squares_refit(down, grams[1], kept)
     assert torch.allclose(refit.kept_weight(1, "down_proj", kept).double(), expected, rtol=1e-4, atol=1e-5)
@@ -85,7 +85,7 @@ def test_held_out_moments_leave_out_the_fitness_tokens_exactly():
     calibration = _windows(n=5)
     totals = []
     layer_importance(model, adapter, calibration, progress=False,
-                     on_layer=lambda _i, g: totals.append({m: g[m] for m in PROJECTIONS}))
+                     on_layer=lambda _i, g, _s: totals.append({m: g[m] for m in PROJECTIONS}))
     fitness = calibration[:2, :20]  # the first 20 tokens of two windows: causal, so the same activations
     held = [held_out_moments(t, f) for t, f in zip(totals, projection_grams(model, adapter, fitness))]
     rest_tokens = torch.cat([calibration[:2, 20:].reshape(-1), calibration[2:].reshape(-1)]).numel()
