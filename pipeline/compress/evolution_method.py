@@ -283,7 +283,8 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
     so candidates are scored on text their corrections never saw; given `widths`, every layer's removal cost of
     each MLP width (mlp_allocation.py), from the same pass and a gradient pass over the calibration windows."""
     cached = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
-    if cached is not None and fitness is None and (widths is None or cached[1] is not None):
+    priced = cached is not None and cached[1] is not None and widths is not None and set(cached[1][0]) == set(widths)
+    if cached is not None and fitness is None and (widths is None or priced):
         return cached[0], None, cached[1] if widths is not None else None
     if fitness is not None and fitness.numel() >= ctx.calibration.numel():
         raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "

@@ -335,8 +335,12 @@ def test_allocated_seeds_keep_a_uniform_seeds_heads_and_size_and_reach_the_final
         assert len(set(widths)) > 1  # spread over the layers, not uniform
         twin = [u for u in kinds["uniform"] if [g.q_heads for g in u] == [g.q_heads for g in allocated]]
         assert twin and sum(len(g.mlp_channels) for g in twin[0]) == sum(widths)  # same heads, same MLP total
-    # a resumed search reuses the width costs kept with the importance: no second gradient pass
+    # a resumed search reuses the width costs kept with the importance: no second gradient pass, unless the widths
+    # they price changed
+    passes, gradients = [], evolution_method.output_gradient_covariance
     monkeypatch.setattr(evolution_method, "output_gradient_covariance",
-                        lambda *args, **kwargs: pytest.fail("the width costs were computed again"))
+                        lambda *args, **kwargs: passes.append(1) or gradients(*args, **kwargs))
     again = run_evolution(ctx, 0.7, options)
-    assert again.spec.to_dict() == result.spec.to_dict()
+    assert again.spec.to_dict() == result.spec.to_dict() and not passes
+    run_evolution(ctx, 0.7, options.model_copy(update={"mlp_multiple": 4}))
+    assert passes == [1]
