@@ -220,7 +220,7 @@ class EvolutionSearch:
     def state_dict(self) -> dict:
         return {"generation": self.generation, "rng": self.rng.bit_generator.state, "seen": self.seen,
                 "parents": [_candidate_dict(c) for c in self.parents],
-                "seeds": [{**_candidate_dict(c), "kind": self.seed_kinds.get(c.key, "uniform")} for c in self.seeds],
+                "seeds": [{**_candidate_dict(c), "kind": self.seed_kinds[c.key]} for c in self.seeds],
                 "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:

@@ -161,7 +161,7 @@ def reformed_choice(runs: dict[str, TrackRun], per_track: int, base: BaseDims, p
     for track, run in runs.items():
         ranked = [(f"parent {i + 1}", c) for i, c in enumerate(run.search.parents[:per_track])]
         for kind in ("uniform", "allocated"):
-            seeds = [c for c in run.search.seeds if run.search.seed_kinds.get(c.key, "uniform") == kind]
+            seeds = [c for c in run.search.seeds if run.search.seed_kinds[c.key] == kind]
             ranked += [(f"{kind} seed {i + 1}", c) for i, c in enumerate(seeds[:per_track])]
         for origin, candidate in ranked:
             if candidate.key not in keys:
@@ -283,8 +283,8 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
     so candidates are scored on text their corrections never saw; given `widths`, every layer's removal cost of
     each MLP width (mlp_allocation.py), from the same pass and a gradient pass over the calibration windows."""
     cached = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
-    priced = cached is not None and cached[1] is not None and widths is not None and set(cached[1][0]) == set(widths)
-    if cached is not None and fitness is None and (widths is None or priced):
+    priced = widths is None or (cached is not None and cached[1] is not None and set(cached[1][0]) == set(widths))
+    if cached is not None and fitness is None and priced:
         return cached[0], None, cached[1] if widths is not None else None
     if fitness is not None and fitness.numel() >= ctx.calibration.numel():
         raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "
