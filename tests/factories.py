@@ -75,3 +75,14 @@ def light_validate_recipe(directory: Path) -> Path:
     recipe.write_text("validate:\n  prefill_lengths: [16]\n  decode_batch_sizes: [1]\n  decode_new_tokens: 4\n"
                       "  repeats: 1\n  memory: false\n")
     return recipe
+
+
+def down_projection_problem(tokens: int = 400, channels: int = 12, hidden: int = 5, seed: int = 0):
+    """A down projection's inputs (tokens x channels, correlated, so least squares can recover some removed
+    channels from the kept ones), its weight (hidden x channels) and a gradient covariance (hidden x hidden)."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(tokens, channels, generator=g, dtype=torch.float64) @ torch.randn(
+        channels, channels, generator=g, dtype=torch.float64)
+    weight = torch.randn(hidden, channels, generator=g, dtype=torch.float64)
+    root = torch.randn(hidden, hidden, generator=g, dtype=torch.float64)
+    return inputs, weight, root @ root.T

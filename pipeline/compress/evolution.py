@@ -59,6 +59,10 @@ class EvolutionOptions(MethodOptions):
     # also seed the search with, per uniform seed, the same attention and total MLP width spread over the layers by
     # what the reform cannot recover (mlp_allocation.py); costs a forward and backward pass per calibration window
     allocated_seeds: bool = False
+    # which MLP channels a width keeps: "importance" = the paper's per-channel scores; "greedy" = greedy removal with
+    # the least-squares correction of the kept channels, weighted by the loss gradient (channel_selection.py), the
+    # set the reform corrects best; costs the same gradient pass as allocated_seeds and ~1.7 s per layer
+    mlp_selection: Literal["importance", "greedy"] = "importance"
     cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
     latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
     latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]

@@ -1,8 +1,9 @@
 """The `evolution` method: wires the search to a model, its calibration data and the artifact.
 
 Importance (once, kept in the resume directory) and, for a reform-aware fitness, the dense input
-moments of every o_proj/down_proj from the same pass; with `allocated_seeds`, every layer's removal
-cost of each MLP width (same pass, plus a gradient pass); the uniform (and allocated) seeds, the
+moments of every o_proj/down_proj from the same pass; with `mlp_selection: greedy`, the MLP channels
+ranked by greedy reform-aware removal, and with `allocated_seeds`, every layer's removal cost of each
+MLP width (same pass, plus a gradient pass); the uniform (and allocated) seeds, the
 budget (with a latency table when a speed-up is asked for), the candidate scorer, one search per
 track (the main one, and with `skip_free_track` one with the skip genes off), each checkpointed
 after every generation; the final choice; and the outputs: `search.jsonl`, `convergence.png`
@@ -25,6 +26,7 @@ from ..models.loading import cache_root
 from ..models.slicing import slice_model
 from ..models.spec import ArchSpec, BaseDims
 from .candidate_scorer import CandidateScorer
+from .channel_selection import greedy_channel_scores
 from .evolution import Candidate, EvolutionOptions, EvolutionSearch, fingerprint, run_generations, search_space
 from .evolution_genes import Budget, Genome, SearchSpace, genome_from_spec, genome_ratio, genome_spec, layer_shapes
 from .evolution_records import (WidthCosts, load_checkpoint, load_importance, plot_convergence, save_checkpoint,
@@ -49,7 +51,8 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
     importance, refit, width_costs = _importance(
         ctx, calibration_hash, windows if options.fitness_reform != "none" else None,
-        SearchSpace(ctx.base, None, options.mlp_multiple).widths() if options.allocated_seeds else None)
+        SearchSpace(ctx.base, None, options.mlp_multiple).widths() if options.allocated_seeds else None,
+        options.mlp_selection)
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
@@ -276,12 +279,18 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
     return table
 
 
-def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor | None, widths: tuple[int, ...] | None
+def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor | None, widths: tuple[int, ...] | None,
+                selection: str = "importance"
                 ) -> tuple[list[LayerImportance], ProjectionRefit | None, WidthCosts | None]:
     """The importance (from the resume directory if there); given the `fitness` windows, the least-squares
     refit fitted on the same pass's o_proj/down_proj input moments less those windows' share (fitness_refit.py),
     so candidates are scored on text their corrections never saw; given `widths`, every layer's removal cost of
-    each MLP width (mlp_allocation.py), from the same pass and a gradient pass over the calibration windows."""
+    each MLP width (mlp_allocation.py), from the same pass and a gradient pass over the calibration windows.
+    With the "greedy" `selection`, the MLP channels score by greedy reform-aware removal (channel_selection.py,
+    the same passes) instead, and the width costs follow that ranking."""
+    greedy = selection == "greedy"
+    if greedy:
+        calibration_hash = f"{calibration_hash}-greedy"  # the cache holds one ranking per calibration and selection
     cached = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
     priced = widths is None or (cached is not None and cached[1] is not None and set(cached[1][0]) == set(widths))
     if cached is not None and fitness is None and priced:
@@ -290,22 +299,29 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
         raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "
                           "are not scored on, and the fitness windows are all of them: raise --calib-samples, "
                           "lower the fitness_windows option, or set fitness_reform: none")
-    fishers = output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, ctx.progress) if widths else None
+    fishers = (output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, ctx.progress)
+               if widths or greedy else None)
     downs = [ctx.adapter.mlp_linears(layer)[2] for layer in ctx.adapter.layers(ctx.model)]
     totals: list[dict[str, GramAccumulator]] = []
     costs: WidthCosts = []
+    channels: list[torch.Tensor] = []  # the greedy channel scores
 
     def keep_statistics(index: int, grams: dict[str, GramAccumulator], scores: LayerImportance) -> None:
         if fitness is not None:
             totals.append({module: grams[module] for module in PROJECTIONS})
-        if fishers is not None:
-            order = torch.argsort(scores.mlp_channels, descending=True, stable=True)
-            costs.append(removal_costs(downs[index].weight.detach(), grams["down_proj"].mean(), fishers[index],
-                                       order, widths))
+        down, gram = downs[index].weight.detach(), grams["down_proj"].mean()
+        if greedy:
+            channels.append(greedy_channel_scores(down, gram, fishers[index]))
+        if widths:
+            ranked = channels[-1] if greedy else scores.mlp_channels
+            order = torch.argsort(ranked, descending=True, stable=True)
+            costs.append(removal_costs(down, gram, fishers[index], order, widths))
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
                                   on_layer=keep_statistics if fitness is not None or fishers is not None else None)
-    width_costs = costs if fishers is not None else None
+    if greedy:
+        importance = [replace(scores, mlp_channels=ranked) for scores, ranked in zip(importance, channels)]
+    width_costs = costs if widths else None
     if ctx.state_dir is not None:
         save_importance(ctx.state_dir, calibration_hash, importance, width_costs)
     if fitness is None:

@@ -9,16 +9,18 @@ import torch
 
 from pipeline.compress import evolution_method
 from pipeline.compress.candidate_scorer import CandidateScorer
+from pipeline.compress.channel_selection import greedy_channel_scores
 from pipeline.compress.evolution import EvolutionOptions
 from pipeline.compress.evolution_genes import (Budget, LayerGene, Rates, SearchSpace, UnitScores, crossover,
                                                genome_from_dict, genome_parameters, genome_ratio, genome_spec,
                                                kv_groups, mutate, overlap_floor, repair)
 from pipeline.compress.evolution_method import make_budget, run_evolution, seed_genomes
 from pipeline.compress.fitness import calibration_perplexity
-from pipeline.compress.importance import LayerImportance
+from pipeline.compress.importance import LayerImportance, layer_importance
 from pipeline.compress.latency_table import LatencyTable, shape_key
+from pipeline.compress.mlp_allocation import output_gradient_covariance
 from pipeline.compress.registry import MethodContext
-from pipeline.compress.selection import attention_shapes
+from pipeline.compress.selection import attention_shapes, top_units
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import BaseDims, decoder_parameters
@@ -344,3 +346,32 @@ def test_allocated_seeds_keep_a_uniform_seeds_heads_and_size_and_reach_the_final
     assert again.spec.to_dict() == result.spec.to_dict() and not passes
     run_evolution(ctx, 0.7, options.model_copy(update={"mlp_multiple": 4}))
     assert passes == [1]
+
+
+def test_greedy_selection_seeds_keep_the_channels_greedy_reform_aware_removal_ranks_first(tmp_path):
+    ctx = _context(tmp_path, "greedy")
+    run_evolution(ctx, 0.7, OPTIONS.model_copy(update={"mlp_selection": "greedy"}))
+    # independently: the down projections' input moments and output gradients, then the greedy ranking
+    downs = [ctx.adapter.mlp_linears(layer)[2] for layer in ctx.adapter.layers(ctx.model)]
+    fishers = output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, progress=False)
+    greedy = []
+
+    def rank(index, grams, _scores):
+        greedy.append(greedy_channel_scores(downs[index].weight.detach(), grams["down_proj"].mean(), fishers[index]))
+    phi = layer_importance(ctx.model, ctx.adapter, ctx.calibration, 1, False, on_layer=rank)
+
+    def seeds(state_dir):
+        state = json.loads((state_dir / "evolution.json").read_text())
+        return [genome_from_dict(s["genome"]) for s in state["seeds"] if s["kind"] == "uniform"]
+
+    differs = False
+    for seed in seeds(ctx.state_dir):
+        for gene, ranked, scores in zip(seed, greedy, phi):
+            width = len(gene.mlp_channels)
+            assert gene.mlp_channels == top_units(ranked, width)
+            differs |= gene.mlp_channels != top_units(scores.mlp_channels, width)
+    assert differs  # the ranking is not the importance's
+    # the importance kept for resuming is per selection: the paper's selection does not reuse the greedy ranking
+    run_evolution(ctx, 0.7, OPTIONS)
+    for seed in seeds(ctx.state_dir):
+        assert all(gene.mlp_channels == top_units(s.mlp_channels, len(gene.mlp_channels)) for gene, s in zip(seed, phi))

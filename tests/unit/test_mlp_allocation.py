@@ -6,20 +6,11 @@ import torch
 
 from pipeline.compress.mlp_allocation import allocate_widths, output_gradient_covariance, removal_costs
 from pipeline.models.adapters import adapter_for
-from tests.factories import tiny_model
-
-
-def _problem(tokens=400, channels=12, hidden=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(tokens, channels, generator=g, dtype=torch.float64) @ torch.randn(
-        channels, channels, generator=g, dtype=torch.float64)  # correlated channels: least squares can recover some
-    weight = torch.randn(hidden, channels, generator=g, dtype=torch.float64)
-    root = torch.randn(hidden, hidden, generator=g, dtype=torch.float64)
-    return inputs, weight, root @ root.T
+from tests.factories import down_projection_problem, tiny_model
 
 
 def test_the_cost_is_the_fisher_weighted_error_the_least_squares_correction_leaves():
-    inputs, weight, fisher = _problem()
+    inputs, weight, fisher = down_projection_problem()
     order = torch.randperm(inputs.shape[1], generator=torch.Generator().manual_seed(1))
     costs = removal_costs(weight, inputs.T @ inputs / len(inputs), fisher, order, [3, 6, 9, 12])
     for width, cost in costs.items():
@@ -32,7 +23,7 @@ def test_the_cost_is_the_fisher_weighted_error_the_least_squares_correction_leav
 
 
 def test_the_correction_makes_narrowing_cheaper_than_dropping_the_channels_outright():
-    inputs, weight, fisher = _problem()
+    inputs, weight, fisher = down_projection_problem()
     order = torch.arange(inputs.shape[1])
     costs = removal_costs(weight, inputs.T @ inputs / len(inputs), fisher, order, [6])
     dropped = inputs[:, 6:] @ weight[:, 6:].T  # the output lost with no correction
