@@ -31,7 +31,7 @@ def greedy_channel_scores(weight: torch.Tensor, gram: torch.Tensor, fisher: torc
     """One score per channel (float64, higher = removed later = kept by more widths): `weight` the down projection
     (hidden x channels), `gram` its input second moment, `fisher` the gradient covariance at its output."""
     work = weight.double().clone()
-    gram = gram.double()
+    gram = gram.double().to(work.device)
     gram = gram + DAMPING * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(
         gram.shape[0], dtype=gram.dtype, device=gram.device)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
@@ -44,8 +44,10 @@ def greedy_channel_scores(weight: torch.Tensor, gram: torch.Tensor, fisher: torc
                 work, weighted, inverse, channels = (work[:, alive], weighted[:, alive],
                                                      inverse[alive][:, alive], channels[alive])
             alive = torch.ones(channels.numel(), dtype=torch.bool, device=work.device)
-        cost = (work * weighted).sum(dim=0) / inverse.diagonal()
-        cost[~alive] = math.inf
+        # [G^-1]_jj > 0 in exact arithmetic; a rounding-level one means a channel nothing reconstructs: keep it.
+        # A live channel always ranks before a removed one, also when rounding made its cost nan.
+        cost = (work * weighted).sum(dim=0) / inverse.diagonal().clamp_min(torch.finfo(torch.float64).tiny)
+        cost = torch.where(alive, cost.nan_to_num(nan=torch.finfo(torch.float64).max), math.inf)
         j = int(torch.argmin(cost))
         removed.append(int(channels[j]))
         costs.append(float(cost[j]))

@@ -290,7 +290,7 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
     the same passes) instead, and the width costs follow that ranking."""
     greedy = selection == "greedy"
     if greedy:
-        calibration_hash = f"{calibration_hash}-greedy"  # the cache holds one ranking per calibration and selection
+        calibration_hash = f"{calibration_hash}-greedy"  # a cached importance is reused for its own selection only
     cached = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
     priced = widths is None or (cached is not None and cached[1] is not None and set(cached[1][0]) == set(widths))
     if cached is not None and fitness is None and priced:

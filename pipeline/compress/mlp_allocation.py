@@ -41,7 +41,7 @@ def removal_costs(weight: torch.Tensor, gram: torch.Tensor, fisher: torch.Tensor
         gram.shape[0], dtype=gram.dtype, device=gram.device)
     factor = torch.linalg.cholesky(gram)
     mixed = weight.double()[:, order]
-    fisher = fisher.double()
+    fisher = fisher.double().to(mixed.device)
     costs = {}
     for width in widths:
         spread = mixed[:, width:] @ factor[width:, width:]  # W_R L_RR: hidden x removed

@@ -18,7 +18,7 @@ from pipeline.compress.evolution_method import make_budget, run_evolution, seed_
 from pipeline.compress.fitness import calibration_perplexity
 from pipeline.compress.importance import LayerImportance, layer_importance
 from pipeline.compress.latency_table import LatencyTable, shape_key
-from pipeline.compress.mlp_allocation import output_gradient_covariance
+from pipeline.compress.mlp_allocation import output_gradient_covariance, removal_costs
 from pipeline.compress.registry import MethodContext
 from pipeline.compress.selection import attention_shapes, top_units
 from pipeline.models.adapters import adapter_for
@@ -350,15 +350,23 @@ def test_allocated_seeds_keep_a_uniform_seeds_heads_and_size_and_reach_the_final
 
 def test_greedy_selection_seeds_keep_the_channels_greedy_reform_aware_removal_ranks_first(tmp_path):
     ctx = _context(tmp_path, "greedy")
-    run_evolution(ctx, 0.7, OPTIONS.model_copy(update={"mlp_selection": "greedy"}))
+    run_evolution(ctx, 0.7, OPTIONS.model_copy(update={"mlp_selection": "greedy", "allocated_seeds": True}))
     # independently: the down projections' input moments and output gradients, then the greedy ranking
     downs = [ctx.adapter.mlp_linears(layer)[2] for layer in ctx.adapter.layers(ctx.model)]
     fishers = output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, progress=False)
-    greedy = []
+    greedy, grams_of = [], []
 
     def rank(index, grams, _scores):
-        greedy.append(greedy_channel_scores(downs[index].weight.detach(), grams["down_proj"].mean(), fishers[index]))
+        grams_of.append(grams["down_proj"].mean())
+        greedy.append(greedy_channel_scores(downs[index].weight.detach(), grams_of[-1], fishers[index]))
     phi = layer_importance(ctx.model, ctx.adapter, ctx.calibration, 1, False, on_layer=rank)
+    # the allocated seeds' width costs price the greedy ranking's widths, not the importance's
+    widths = SearchSpace(ctx.base, None, OPTIONS.mlp_multiple).widths()
+    cached = torch.load(ctx.state_dir / "importance.pt", weights_only=True)["width_costs"]
+    for i, (down, ranked) in enumerate(zip(downs, greedy)):
+        order = torch.argsort(ranked, descending=True, stable=True)
+        expected = removal_costs(down.weight.detach(), grams_of[i], fishers[i], order, widths)
+        assert cached[i] == pytest.approx(expected, rel=1e-9)
 
     def seeds(state_dir):
         state = json.loads((state_dir / "evolution.json").read_text())
