@@ -23,7 +23,8 @@ import math
 
 import torch
 
-DAMPING = 1e-6  # fraction of the mean diagonal of G added before inverting (as mlp_allocation.py)
+from .reformation import ridged
+
 COMPACT_EVERY = 128  # removed channels dropped from the working matrices this often (the work is quadratic)
 
 
@@ -31,10 +32,7 @@ def greedy_channel_scores(weight: torch.Tensor, gram: torch.Tensor, fisher: torc
     """One score per channel (float64, higher = removed later = kept by more widths): `weight` the down projection
     (hidden x channels), `gram` its input second moment, `fisher` the gradient covariance at its output."""
     work = weight.double().clone()
-    gram = gram.double().to(work.device)
-    gram = gram + DAMPING * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(
-        gram.shape[0], dtype=gram.dtype, device=gram.device)
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(ridged(gram.to(work.device))))  # the reform's ridge
     weighted = fisher.double().to(work.device) @ work  # C W, updated alongside W
     channels = torch.arange(work.shape[1], device=work.device)
     removed, costs = [], []  # channels in removal order, and what each removal cost

@@ -309,6 +309,8 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
     def keep_statistics(index: int, grams: dict[str, GramAccumulator], scores: LayerImportance) -> None:
         if fitness is not None:
             totals.append({module: grams[module] for module in PROJECTIONS})
+        if fishers is None:
+            return
         down, gram = downs[index].weight.detach(), grams["down_proj"].mean()
         if greedy:
             channels.append(greedy_channel_scores(down, gram, fishers[index]))

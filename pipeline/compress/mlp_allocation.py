@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import FamilyAdapter
+from .reformation import ridged
 
-DAMPING = 1e-6  # fraction of the mean diagonal of G added before factorising (G is full rank on real text)
 
 
 # ---- pure math ---------------------------------------------------------------
@@ -36,10 +36,7 @@ def removal_costs(weight: torch.Tensor, gram: torch.Tensor, fisher: torch.Tensor
     """cost(width) for each width: `weight` the down projection (hidden x channels), `gram` its input second
     moment, `fisher` the gradient covariance at its output (hidden x hidden), `order` the channels, most
     important first (a width keeps the first `width`)."""
-    gram = gram.double()[order][:, order]
-    gram = gram + DAMPING * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(
-        gram.shape[0], dtype=gram.dtype, device=gram.device)
-    factor = torch.linalg.cholesky(gram)
+    factor = torch.linalg.cholesky(ridged(gram[order][:, order]))  # the reform's ridge
     mixed = weight.double()[:, order]
     fisher = fisher.double().to(mixed.device)
     costs = {}

@@ -24,6 +24,12 @@ ADMM_ITERATIONS = 30  # the paper's count ("converges within 20-30, 50 is no bet
 DEAD_INPUT = 1e-12  # inputs whose mean square is below this fraction of the average count as always zero
 
 
+def ridged(second_moment: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+    """G + lambda I with lambda = damping * mean(diag G) (float64): the ridge every least-squares solve here uses."""
+    g = second_moment.double()
+    return g + damping * g.diagonal().mean().clamp_min(1e-12) * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+
+
 def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor,
                         damping: float = DAMPING) -> torch.Tensor:
     """argmin over W' of E||W' x_K - W x||^2:  W' = W G[:, K] (G_KK + lambda I)^-1, shape (out, |K|)."""
@@ -34,10 +40,9 @@ def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor, kept:
 def kept_least_squares(cross_kept: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor,
                        damping: float = DAMPING) -> torch.Tensor:
     """The same refit from the cross moment (W G)[:, K] (out x |K|), for a caller that keeps W G."""
-    g_kk = second_moment[kept][:, kept].double()
-    ridge = damping * g_kk.diagonal().mean().clamp_min(1e-12) * torch.eye(len(kept), dtype=g_kk.dtype)
     # (G_KK + lambda I) W'^T = (W G[:, K])^T; the left side is symmetric positive definite: one Cholesky solve.
-    return torch.cholesky_solve(cross_kept.double().T, torch.linalg.cholesky(g_kk + ridge)).T
+    factor = torch.linalg.cholesky(ridged(second_moment[kept][:, kept], damping))
+    return torch.cholesky_solve(cross_kept.double().T, factor).T
 
 
 def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO,
