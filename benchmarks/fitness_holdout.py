@@ -21,11 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.calibration_args import add_calibration_arguments, load_calibration  # noqa: E402
-from pipeline.compress.candidate_scorer import CandidateScorer  # noqa: E402
-from pipeline.compress.evolution import EvolutionOptions  # noqa: E402
-from pipeline.compress.fitness_refit import ProjectionRefit, held_out_moments, projection_grams  # noqa: E402
-from pipeline.compress.importance import layer_importance  # noqa: E402
-from pipeline.compress.layer_reform import PROJECTIONS  # noqa: E402
+from pipeline.compress.search.candidate_scorer import CandidateScorer  # noqa: E402
+from pipeline.compress.search.generations import EvolutionOptions  # noqa: E402
+from pipeline.compress.search.fitness_refit import ProjectionRefit, held_out_moments, projection_grams  # noqa: E402
+from pipeline.compress.importance.obs_importance import layer_importance  # noqa: E402
+from pipeline.compress.reform.sequential_reform import PROJECTIONS  # noqa: E402
 from pipeline.data import calibration_windows  # noqa: E402
 from pipeline.models.adapters import adapter_for  # noqa: E402
 from pipeline.models.spec import ArchSpec  # noqa: E402

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.charts import ppl_vs_ratio  # noqa: E402
 from pipeline.compress import get_method, parse_options  # noqa: E402
-from pipeline.compress.layer_reform import ReformSettings, reform_sculpted, with_output_biases  # noqa: E402
+from pipeline.compress.reform.sequential_reform import ReformSettings, reform_sculpted, with_output_biases  # noqa: E402
 from pipeline.compress.registry import MethodContext  # noqa: E402
 from pipeline.data import calibration_windows, evaluation_ids, load_corpus  # noqa: E402
 from pipeline.models.adapters import adapter_for  # noqa: E402

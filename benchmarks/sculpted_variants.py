@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from pipeline.compress.registry import MethodContext  # noqa: E402
-from pipeline.compress.uniform import UniformOptions, run_uniform  # noqa: E402
+from pipeline.compress.width.uniform import UniformOptions, run_uniform  # noqa: E402
 from pipeline.models.adapters import adapter_for  # noqa: E402
 from pipeline.models.slicing import slice_model  # noqa: E402
 from pipeline.models.spec import ArchSpec, decoder_ratio  # noqa: E402

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.compress.candidate_scorer import CandidateScorer  # noqa: E402
-from pipeline.compress.evolution import EvolutionOptions, search_space  # noqa: E402
-from pipeline.compress.evolution_genes import Rates, genome_spec, mutate, repair  # noqa: E402
-from pipeline.compress.evolution_method import fitness_windows, make_budget, seed_genomes  # noqa: E402
-from pipeline.compress.fitness import calibration_perplexity  # noqa: E402
-from pipeline.compress.importance import layer_importance  # noqa: E402
+from pipeline.compress.search.candidate_scorer import CandidateScorer  # noqa: E402
+from pipeline.compress.search.generations import EvolutionOptions, search_space  # noqa: E402
+from pipeline.compress.search.genome import Rates, genome_spec, mutate, repair  # noqa: E402
+from pipeline.compress.search.evolution import fitness_windows, make_budget, seed_genomes  # noqa: E402
+from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity  # noqa: E402
+from pipeline.compress.importance.obs_importance import layer_importance  # noqa: E402
 from pipeline.data import calibration_windows, load_corpus  # noqa: E402
 from pipeline.models.adapters import adapter_for  # noqa: E402
 from pipeline.models.loading import load_model  # noqa: E402

@@ -14,9 +14,9 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import SculptError
-from ..models.adapters import FamilyAdapter
-from ..models.spec import ArchSpec, BaseDims
+from pipeline.errors import SculptError
+from pipeline.models.adapters import FamilyAdapter
+from pipeline.models.spec import ArchSpec, BaseDims
 
 
 class MethodOptions(BaseModel):

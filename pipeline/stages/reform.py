@@ -15,7 +15,7 @@ import json
 
 from safetensors.torch import load_file, save_file
 
-from ..compress.layer_reform import ReformOutcome, ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
+from ..compress.reform.sequential_reform import ReformOutcome, ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
 from ..models.slicing import slice_model
 from ..models.spec import ArchSpec
 from .context import StageContext

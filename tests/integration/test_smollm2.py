@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.compress.registry import MethodContext
-from pipeline.compress.uniform import UniformOptions, run_uniform
+from pipeline.compress.width.uniform import UniformOptions, run_uniform
 from pipeline.data import calibration_windows, load_corpus
 from pipeline.models.adapters import adapter_for
 from pipeline.models.loading import load_model

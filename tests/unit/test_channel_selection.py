@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from pipeline.compress.channel_selection import greedy_channel_scores, increasing
-from pipeline.compress.mlp_allocation import removal_costs
+from pipeline.compress.importance.greedy_channels import greedy_channel_scores, increasing
+from pipeline.compress.importance.mlp_width_costs import removal_costs
 from tests.factories import down_projection_problem
 
 
@@ -51,6 +51,6 @@ def test_compacting_the_working_matrices_does_not_change_the_order(monkeypatch):
     inputs, weight, fisher = down_projection_problem(tokens=600, channels=20)
     gram = inputs.T @ inputs / len(inputs)
     whole = greedy_channel_scores(weight, gram, fisher)
-    monkeypatch.setattr("pipeline.compress.channel_selection.COMPACT_EVERY", 3)
+    monkeypatch.setattr("pipeline.compress.importance.greedy_channels.COMPACT_EVERY", 3)
     assert torch.equal(torch.argsort(greedy_channel_scores(weight, gram, fisher)), torch.argsort(whole))
     assert greedy_channel_scores(weight, gram, fisher).tolist() == pytest.approx(whole.tolist(), rel=1e-6)

@@ -7,11 +7,11 @@ from transformers import AutoModelForCausalLM
 
 import pipeline  # noqa: F401  (registers the Auto classes)
 from pipeline.compress import MethodContext, get_method, parse_options
-from pipeline.compress.depth import spec_without
-from pipeline.compress.fitness import calibration_perplexity
-from pipeline.compress.layer_removal import BlockSkipScorer
-from pipeline.compress.similarity import most_similar_span, sublayer_similarity
-from pipeline.compress.streamline import StreamlineOptions, replacement_layer, streamline_spec
+from pipeline.compress.depth.removal_counting import spec_without
+from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
+from pipeline.compress.depth.block_removal import BlockSkipScorer
+from pipeline.compress.calibration.stream_similarity import most_similar_span, sublayer_similarity
+from pipeline.compress.depth.streamline import StreamlineOptions, replacement_layer, streamline_spec
 from pipeline.errors import SculptError
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import slice_model
@@ -171,7 +171,7 @@ def test_streamline_replaces_the_planted_redundant_span():
 
 
 def test_the_linear_fit_recovers_a_planted_linear_map():
-    from pipeline.compress.replacement import fit_linear
+    from pipeline.compress.depth.replacement_fit import fit_linear
 
     norm = adapter_for(tiny_model().config).mlp_norm(adapter_for(tiny_model().config).layers(tiny_model())[0])
     planted = torch.randn(48, 48, generator=torch.Generator().manual_seed(1)) / 7

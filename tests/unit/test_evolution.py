@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.compress import evolution_method
-from pipeline.compress.candidate_scorer import CandidateScorer
-from pipeline.compress.channel_selection import greedy_channel_scores
-from pipeline.compress.evolution import EvolutionOptions
-from pipeline.compress.evolution_genes import (Budget, LayerGene, Rates, SearchSpace, UnitScores, crossover,
+from pipeline.compress.search import evolution as evolution_method
+from pipeline.compress.search.candidate_scorer import CandidateScorer
+from pipeline.compress.importance.greedy_channels import greedy_channel_scores
+from pipeline.compress.search.generations import EvolutionOptions
+from pipeline.compress.search.genome import (Budget, LayerGene, Rates, SearchSpace, UnitScores, crossover,
                                                genome_from_dict, genome_parameters, genome_ratio, genome_spec,
                                                kv_groups, mutate, overlap_floor, repair)
-from pipeline.compress.evolution_method import make_budget, run_evolution, seed_genomes
-from pipeline.compress.fitness import calibration_perplexity
-from pipeline.compress.importance import LayerImportance, layer_importance
-from pipeline.compress.latency_table import LatencyTable, shape_key
-from pipeline.compress.mlp_allocation import output_gradient_covariance, removal_costs
+from pipeline.compress.search.evolution import make_budget, run_evolution, seed_genomes
+from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
+from pipeline.compress.importance.obs_importance import LayerImportance, layer_importance
+from pipeline.compress.search.latency_table import LatencyTable, shape_key
+from pipeline.compress.importance.mlp_width_costs import output_gradient_covariance, removal_costs
 from pipeline.compress.registry import MethodContext
-from pipeline.compress.selection import attention_shapes, top_units
+from pipeline.compress.width.legal_widths import attention_shapes, top_units
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import BaseDims, decoder_parameters

@@ -5,14 +5,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.compress.candidate_scorer import CandidateScorer
-from pipeline.compress.evolution import EvolutionOptions
-from pipeline.compress.evolution_method import run_evolution
-from pipeline.compress.fitness import calibration_perplexity
-from pipeline.compress.fitness_refit import ProjectionRefit, held_out_moments, projection_grams
-from pipeline.compress.importance import layer_importance
-from pipeline.compress.layer_reform import PROJECTIONS, ReformSettings, output_projection, reform_sculpted
-from pipeline.compress.reformation import least_squares_refit
+from pipeline.compress.search.candidate_scorer import CandidateScorer
+from pipeline.compress.search.generations import EvolutionOptions
+from pipeline.compress.search.evolution import run_evolution
+from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
+from pipeline.compress.search.fitness_refit import ProjectionRefit, held_out_moments, projection_grams
+from pipeline.compress.importance.obs_importance import layer_importance
+from pipeline.compress.reform.sequential_reform import PROJECTIONS, ReformSettings, output_projection, reform_sculpted
+from pipeline.compress.reform.projection_corrections import least_squares_refit
 from pipeline.compress.registry import MethodContext
 from pipeline.errors import SculptError
 from pipeline.models.adapters import adapter_for

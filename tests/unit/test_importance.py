@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from pipeline.compress.importance import (attention_scores, column_scores, inverse_hessian_diag, layer_importance,
+from pipeline.compress.importance.obs_importance import (attention_scores, column_scores, inverse_hessian_diag, layer_importance,
                                           row_scores)
 from pipeline.compress.registry import MethodContext
-from pipeline.compress.selection import AttentionShape, attention_shapes, keep_heads, snap_width, top_units
-from pipeline.compress.uniform import UniformOptions, candidate_shapes, proportional_shape, run_uniform
+from pipeline.compress.width.legal_widths import AttentionShape, attention_shapes, keep_heads, snap_width, top_units
+from pipeline.compress.width.uniform import UniformOptions, candidate_shapes, proportional_shape, run_uniform
 from pipeline.models.adapters import adapter_for
 from pipeline.models.spec import ArchSpec, decoder_ratio
-from pipeline.compress.importance import LayerImportance
+from pipeline.compress.importance.obs_importance import LayerImportance
 from tests.factories import tiny_model
 
 

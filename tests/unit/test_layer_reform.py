@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.compress.layer_reform import ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
-from pipeline.compress.layer_stream import GramAccumulator
+from pipeline.compress.reform.sequential_reform import ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
+from pipeline.compress.calibration.layer_stream import GramAccumulator
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import ArchSpec

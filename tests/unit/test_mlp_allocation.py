@@ -4,7 +4,7 @@ by the loss gradient's covariance; the allocation spends a total on the layers w
 import pytest
 import torch
 
-from pipeline.compress.mlp_allocation import allocate_widths, output_gradient_covariance, removal_costs
+from pipeline.compress.importance.mlp_width_costs import allocate_widths, output_gradient_covariance, removal_costs
 from pipeline.models.adapters import adapter_for
 from tests.factories import down_projection_problem, tiny_model
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.compress.reformation import (REFORM_METHODS, admm_reform, compensation_bias, least_squares_refit,
+from pipeline.compress.reform.projection_corrections import (REFORM_METHODS, admm_reform, compensation_bias, least_squares_refit,
                                           output_error, reform_columns)
 
 

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from pipeline.compress.goa import goa_importance
+from pipeline.compress.width.goa import goa_importance
 from pipeline.errors import SculptError
-from pipeline.compress.output_approximation import (contribution_gram, greedy_head_scores, greedy_removal,
+from pipeline.compress.importance.output_approximation import (contribution_gram, greedy_head_scores, greedy_removal,
                                                     second_moment_scores)
-from pipeline.compress.selection import AttentionShape
-from pipeline.compress.width_allocation import LayerPlan, global_plan, plan_parameters, uniform_plan
-from pipeline.compress.width_scores import (flap_adaptive_scores, flap_uniform_importance, magnitude_importance,
+from pipeline.compress.width.legal_widths import AttentionShape
+from pipeline.compress.width.layer_plans import LayerPlan, global_plan, plan_parameters, uniform_plan
+from pipeline.compress.importance.baseline_scores import (flap_adaptive_scores, flap_uniform_importance, magnitude_importance,
                                             wanda_sp_importance)
-from pipeline.compress.width_statistics import InputStatistics, stream_statistics
+from pipeline.compress.calibration.projection_statistics import InputStatistics, stream_statistics
 from pipeline.models.adapters import adapter_for
 from pipeline.models.spec import dense_decoder_parameters
 from tests.factories import tiny_model

@@ -1,0 +1,140 @@
+"""Feed calibration windows through a decoder one layer at a time.
+
+Only one layer's activations are live at once (plus the residual stream of every
+window), so statistics for big models fit in memory, and a layer can be changed
+(pruned, reformed) before the next one sees its output — the sequential scheme of
+SparseGPT/Wanda. Works for dense family models and sculpted models alike.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from pipeline.models.adapters import FamilyAdapter
+
+
+class LayerStream:
+    """The residual stream of every calibration window, advanced layer by layer."""
+
+    def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, batch_size: int = 1) -> None:
+        self.model = model
+        self.adapter = adapter
+        device = adapter.embed_tokens(model).weight.device
+        with torch.no_grad():
+            self.hidden = [adapter.embed_tokens(model)(chunk.to(device)) for chunk in windows.split(batch_size)]
+            first = self.hidden[0][:1]  # batch 1: the mask and rotary tables broadcast over any batch
+            positions = torch.arange(first.shape[1], device=device).unsqueeze(0)
+            self.position_embeddings = model.model.rotary_emb(first, position_ids=positions)
+            self.mask = create_causal_mask(
+                config=model.config,
+                inputs_embeds=first,
+                attention_mask=None,
+                past_key_values=None,
+                position_ids=positions,
+            )
+
+    @property
+    def tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+    @torch.no_grad()
+    def run(self, layer: nn.Module, hidden: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Outputs of `layer` for every window (the stream itself is not advanced)."""
+        return [self._call(layer, h) for h in (self.hidden if hidden is None else hidden)]
+
+    def advance(self, outputs: list[torch.Tensor]) -> None:
+        self.hidden = outputs
+
+    def _call(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        out = layer(hidden, attention_mask=self.mask, position_embeddings=self.position_embeddings, past_key_values=None)
+        return out[0] if isinstance(out, tuple) else out
+
+
+GRAM_BLOCK = 512  # columns per block row of X^T X (see GramAccumulator.add)
+
+
+class GramAccumulator:
+    """Running sums over every token fed to a linear layer's input (float64).
+
+    `full` keeps X^T X (for least squares and correlations); otherwise only its diagonal,
+    the per-channel sum of squares, which is all activation-norm and variance scores need.
+    The plain sum is always kept, for means and variances.
+    """
+
+    def __init__(self, full: bool = True) -> None:
+        self.full = full
+        self._sum_of_squares: torch.Tensor | None = None  # upper triangle of X^T X, or its diagonal when not full
+        self.total: torch.Tensor | None = None  # sum of x
+        self.tokens = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        if self._sum_of_squares is None:
+            shape = (x.shape[1], x.shape[1]) if self.full else (x.shape[1],)
+            self._sum_of_squares = torch.zeros(shape, dtype=torch.float64, device=x.device)
+            self.total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        # A window's partial product is exact enough in float32; the running sum is float64.
+        if self.full:  # block rows of the upper triangle only: ~40% fewer flops than x.T @ x for wide inputs
+            for start in range(0, x.shape[1], GRAM_BLOCK):
+                stop = start + GRAM_BLOCK
+                self._sum_of_squares[start:stop, start:] += x[:, start:stop].T @ x[:, start:]
+        else:
+            self._sum_of_squares += x.pow(2).sum(dim=0)
+        self.total += x.sum(dim=0)
+        self.tokens += x.shape[0]
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """X^T X summed over every token (symmetric), or its diagonal when not full."""
+        if not self.full:
+            return self._sum_of_squares
+        upper = self._sum_of_squares.triu()
+        return upper + upper.triu(1).T
+
+    def mean(self) -> torch.Tensor:
+        """E[x x^T] over tokens (so statistics from different sample counts compare)."""
+        if not self.full:
+            raise ValueError("this accumulator keeps only the diagonal of X^T X; create it with full=True")
+        return self.gram / max(self.tokens, 1)
+
+    def square_mean(self) -> torch.Tensor:
+        """E[x_j^2] per input channel."""
+        squares = self._sum_of_squares.diagonal() if self.full else self._sum_of_squares
+        return squares / max(self.tokens, 1)
+
+    def input_mean(self) -> torch.Tensor:
+        """E[x_j] per input channel."""
+        return self.total / max(self.tokens, 1)
+
+    def variance(self) -> torch.Tensor:
+        """Per-channel variance over tokens (population: E[x^2] - E[x]^2, clamped at 0)."""
+        return (self.square_mean() - self.input_mean().pow(2)).clamp_min(0)
+
+
+@contextmanager
+def capture_inputs(modules: dict[str, nn.Module], sink: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Call `sink(name, input)` with the input of each named module on every forward."""
+    def hook_for(name: str):
+        def hook(_module, args) -> None:  # returns None: a value would replace the module's input
+            sink(name, args[0].detach())
+        return hook
+
+    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in modules.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def gram_of_inputs(modules: dict[str, nn.Module], full: bool = True) -> Iterator[dict[str, GramAccumulator]]:
+    """Accumulate X^T X (or only its diagonal) and the sum of each named module's input while the block runs."""
+    grams = {name: GramAccumulator(full) for name in modules}
+    with capture_inputs(modules, lambda name, x: grams[name].add(x)):
+        yield grams

@@ -1,0 +1,1 @@
+"""Depth methods: remove or replace whole layers and sublayers."""

@@ -1,0 +1,1 @@
+"""Which heads and channels matter: scores that rank the prunable units of a layer."""

@@ -1,0 +1,275 @@
+"""Reform a sculpted model's output projections layer by layer, from calibration windows.
+
+Every kept o_proj / down_proj whose input units were pruned gets corrected kept columns
+(and, for `bias`, an output bias) from the second moment of its *dense* input: all heads'
+attention context, all channels' act(gate) * up. A kept head's context and a kept channel's
+activation are the same in the sliced layer as in the dense one (each depends only on its own
+q/k/v or gate/up rows), so the dense input restricted to the kept units is exactly what the
+sculpted layer feeds its projection, and the target W X is the original projection's output.
+
+Sequential (default): the windows flow through the sculpted model being built, sublayer by
+sublayer, so each projection is fitted on inputs that already carry the earlier corrections
+(SparseGPT/Wanda style). Otherwise the inputs come from the original model's activations.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.models.adapters import FamilyAdapter, adapter_for
+from pipeline.models.slicing import head_rows
+from pipeline.models.spec import ArchSpec, LayerSpec
+from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, capture_inputs
+from .projection_corrections import ADMM_ITERATIONS, ADMM_RHO, output_error, reform_columns
+
+PROJECTIONS = ("o_proj", "down_proj")
+
+
+class _Stop(Exception):
+    """Ends a module's forward once the wanted input has been seen."""
+
+
+def projection_input(projection: nn.Module, run: Callable[[], Any]) -> torch.Tensor:
+    """The input `projection` receives while `run()` runs; the rest of the forward is skipped."""
+    seen: list[torch.Tensor] = []
+
+    def stop(_module: nn.Module, inputs: tuple) -> None:
+        seen.append(inputs[0])
+        raise _Stop
+
+    handle = projection.register_forward_pre_hook(stop)
+    try:
+        run()
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError("the sublayer never called its output projection")
+    return seen[0]
+
+
+# ---- which projections ----------------------------------------------------------
+def pruned_inputs(layer: LayerSpec, spec: ArchSpec) -> dict[str, torch.Tensor]:
+    """{projection: kept input columns, in sliced order} for the kept projections that lost inputs."""
+    base, kept = spec.base, {}
+    if layer.attention == "keep" and layer.q_heads is not None and len(layer.q_heads) < base.num_heads:
+        kept["o_proj"] = head_rows(layer.q_heads, base.head_dim)
+    if layer.mlp == "keep" and layer.mlp_channels is not None and len(layer.mlp_channels) < base.intermediate_size:
+        kept["down_proj"] = torch.tensor(layer.mlp_channels, dtype=torch.long)
+    return kept
+
+
+def with_output_biases(spec: ArchSpec) -> ArchSpec:
+    """`spec` with an output bias on every projection that lost inputs (where bias compensation goes)."""
+    layers = []
+    for layer in spec.layers:
+        kept = pruned_inputs(layer, spec)
+        layers.append(replace(layer, attention_out_bias=layer.attention_out_bias or "o_proj" in kept,
+                              mlp_out_bias=layer.mlp_out_bias or "down_proj" in kept))
+    return replace(spec, layers=tuple(layers)).validate()
+
+
+# ---- results ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReformSettings:
+    method: str = "admm"  # one of reformation.REFORM_METHODS
+    rho: float = ADMM_RHO
+    iterations: int = ADMM_ITERATIONS
+    sequential: bool = True
+
+
+@dataclass(frozen=True)
+class ProjectionReport:
+    position: int  # layer index in the sculpted model
+    source: int  # layer index in the source model
+    module: str  # o_proj or down_proj
+    inputs: int  # input units of the dense projection
+    kept: int
+    error_before: float  # E||W x_K - W x||^2 / E||W x||^2 with the plain pruned weights
+    error_after: float  # the same with the reformed weights (and bias)
+    statistics_s: float  # forward passes that collected the inputs
+    solve_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ReformOutcome:
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # named as in the sculpted model
+    reports: list[ProjectionReport] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # statistics, solve, stream, total
+    tokens: int = 0
+
+
+# ---- the reform loop ------------------------------------------------------------
+@dataclass(frozen=True)
+class _Step:
+    """One layer of the stream: the dense layer it runs (by index) and, if kept, its sculpted position."""
+
+    dense_index: int
+    position: int | None
+    spec: LayerSpec | None
+    kept: dict[str, torch.Tensor]
+
+
+@torch.no_grad()
+def reform_sculpted(sculpted: nn.Module, dense: nn.Module, spec: ArchSpec, windows: torch.Tensor,
+                    settings: ReformSettings, batch_size: int = 1, progress: bool = True) -> ReformOutcome:
+    """Correct, in place, every projection of `sculpted` (sliced from `dense` by `spec`) that lost inputs.
+
+    Moves `sculpted` to `dense`'s device. Returns the corrected tensors by name, a report per
+    projection and where the time went.
+    """
+    adapter = adapter_for(dense.config)
+    sculpted.to(adapter.embed_tokens(dense).weight.device)  # slice_model builds on the CPU
+    steps = [_Step(layer.source, pos, layer, pruned_inputs(layer, spec)) for pos, layer in enumerate(spec.layers)]
+    if settings.sequential:
+        stream = LayerStream(sculpted, adapter, windows, batch_size)
+    else:  # the dense stream passes every source layer, up to the last one with something to reform
+        stream = LayerStream(dense, adapter, windows, batch_size)
+        by_source = {step.dense_index: step for step in steps if step.kept}
+        steps = [by_source.get(i, _Step(i, None, None, {})) for i in range(max(by_source, default=-1) + 1)]
+    reformer = _Reformer(adapter, settings, sculpted, stream.tokens)
+    dense_layers, layers = adapter.layers(dense), adapter.layers(sculpted)
+    for step in tqdm(steps, desc=f"reform ({settings.method})", unit="layer", disable=not progress):
+        if settings.sequential:
+            work = _SequentialLayer(adapter, stream, dense_layers[step.dense_index], layers[step.position], step.spec)
+        else:
+            work = _OriginalLayer(adapter, stream, dense_layers[step.dense_index], step.kept)
+        for module in PROJECTIONS:
+            started = time.perf_counter()
+            moments = work.collect(module, step.kept.get(module))
+            statistics_s = reformer.lap("statistics", started)
+            if moments is not None:
+                reformer.fix(dense_layers[step.dense_index], layers[step.position], module, moments, step,
+                             statistics_s)
+            started = time.perf_counter()
+            work.advance(module)
+            reformer.lap("stream", started)
+    return reformer.finish()
+
+
+def output_projection(adapter: FamilyAdapter, layer: nn.Module, module: str) -> nn.Linear:
+    """The o_proj (module "o_proj") or down_proj (module "down_proj") of `layer`."""
+    return adapter.attention_linears(layer).o if module == "o_proj" else adapter.mlp_linears(layer).down
+
+
+class _Reformer:
+    """Solves each projection, writes it into the sculpted model, and keeps the books."""
+
+    def __init__(self, adapter: FamilyAdapter, settings: ReformSettings, sculpted: nn.Module, tokens: int) -> None:
+        self.adapter, self.settings = adapter, settings
+        self.names = {id(p): n for n, p in sculpted.named_parameters()}
+        self.outcome = ReformOutcome(tokens=tokens)
+        self.seconds = {"statistics": 0.0, "solve": 0.0, "stream": 0.0}
+        self.began = time.perf_counter()
+
+    def lap(self, what: str, since: float) -> float:
+        spent = time.perf_counter() - since
+        self.seconds[what] += spent
+        return spent
+
+    def fix(self, dense_layer: nn.Module, layer: nn.Module, module: str, moments: GramAccumulator, step: _Step,
+            statistics_s: float) -> None:
+        started, kept, settings = time.perf_counter(), step.kept[module], self.settings
+        original = output_projection(self.adapter, dense_layer, module)
+        weight = original.weight.detach().double().cpu()
+        second, mean = moments.mean().cpu(), moments.input_mean().cpu()
+        fix = reform_columns(settings.method, weight, second, mean, kept, settings.rho, settings.iterations)
+        target = output_projection(self.adapter, layer, module)
+        self._store(target.weight, fix.weight)
+        if fix.bias is not None:
+            if target.bias is None:
+                raise ValueError(f"layer {step.position} {module} has no bias to hold the compensation: slice "
+                                 "the model from with_output_biases(spec)")
+            own = original.bias.detach().double().cpu() if original.bias is not None else 0.0
+            self._store(target.bias, own + fix.bias)
+        report = ProjectionReport(
+            step.position, step.dense_index, module, weight.shape[1], len(kept),
+            error_before=output_error(weight, second, weight[:, kept], kept),
+            error_after=output_error(weight, second, fix.weight, kept, fix.bias, mean),
+            statistics_s=round(statistics_s, 3), solve_s=round(self.lap("solve", started), 3))
+        self.outcome.reports.append(report)
+
+    def _store(self, parameter: nn.Parameter, value: torch.Tensor) -> None:
+        parameter.copy_(value.to(parameter))
+        self.outcome.tensors[self.names[id(parameter)]] = parameter.detach().cpu().clone()
+
+    def finish(self) -> ReformOutcome:
+        self.outcome.seconds = {**{k: round(v, 3) for k, v in self.seconds.items()},
+                                "total": round(time.perf_counter() - self.began, 3)}
+        return self.outcome
+
+
+class _SequentialLayer:
+    """One sculpted layer on the sculpted stream: dense inputs for the statistics, then the corrected sublayer."""
+
+    def __init__(self, adapter: FamilyAdapter, stream: LayerStream, dense_layer: nn.Module, layer: nn.Module,
+                 spec: LayerSpec) -> None:
+        self.adapter, self.stream, self.dense_layer, self.layer, self.spec = adapter, stream, dense_layer, layer, spec
+        self.kept_inputs: list[torch.Tensor | None] | None = None  # per window, for the projection just reformed
+
+    def _run(self, layer: nn.Module, module: str, hidden: torch.Tensor) -> torch.Tensor:
+        """The residual branch of `module`'s sublayer of `layer` (sculpted or dense) on `hidden`."""
+        attention = module == "o_proj"
+        mode = self.spec.attention if attention else self.spec.mlp
+        norm = (self.adapter.attention_norm if attention else self.adapter.mlp_norm)(self.layer)
+        sublayer = (self.adapter.attention if attention else self.adapter.mlp)(layer)
+        if attention and mode == "keep":
+            out = sublayer(hidden_states=norm(hidden), attention_mask=self.stream.mask,
+                           position_embeddings=self.stream.position_embeddings)
+            return out[0] if isinstance(out, tuple) else out
+        return sublayer(norm(hidden))
+
+    def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
+        if kept is None:
+            return None
+        projection = output_projection(self.adapter, self.dense_layer, module)
+        moments, self.kept_inputs = GramAccumulator(), []
+        for hidden in self.stream.hidden:
+            x = projection_input(projection, lambda: self._run(self.dense_layer, module, hidden))
+            moments.add(x)
+            self.kept_inputs.append(x[..., kept.to(x.device)])
+        return moments
+
+    def advance(self, module: str) -> None:
+        if (self.spec.attention if module == "o_proj" else self.spec.mlp) == "skip":
+            return
+        hidden = self.stream.hidden
+        for i, h in enumerate(hidden):
+            if self.kept_inputs is not None:  # the corrected projection on the stored kept inputs
+                out = output_projection(self.adapter, self.layer, module)(self.kept_inputs[i])
+                self.kept_inputs[i] = None  # free as we go
+            else:
+                out = self._run(self.layer, module, h)
+            hidden[i] = h + out
+        self.kept_inputs = None
+
+
+class _OriginalLayer:
+    """One dense layer on the dense stream: its projections' input statistics, then its dense output."""
+
+    def __init__(self, adapter: FamilyAdapter, stream: LayerStream, dense_layer: nn.Module,
+                 kept: dict[str, torch.Tensor]) -> None:
+        self.stream, self.dense_layer = stream, dense_layer
+        self.projections = {name: output_projection(adapter, dense_layer, name) for name in kept}
+        self.moments: dict[str, GramAccumulator] = {}
+
+    def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
+        if module == PROJECTIONS[0]:  # one dense pass gives every statistic and the layer's output
+            self.moments = {name: GramAccumulator() for name in self.projections}
+            with capture_inputs(self.projections, lambda name, x: self.moments[name].add(x)):
+                self.outputs = self.stream.run(self.dense_layer)
+        return self.moments.get(module)
+
+    def advance(self, module: str) -> None:
+        if module == PROJECTIONS[-1]:
+            self.stream.advance(self.outputs)

@@ -1,0 +1,111 @@
+"""Calibration perplexity of many candidate architectures cut from one dense model, fast.
+
+What makes a candidate cheap to score (measured in docs/search.md):
+- its layers are sliced (smaller GEMMs), one at a time, straight from the source weights:
+  no full-model copy, no masked dense compute;
+- the hidden state after every layer is kept in an LRU cache keyed by the layers up to there,
+  so a child sharing its first k layers with a scored candidate starts at layer k;
+- all fitness windows go through a layer as one batch; the loss is float32 cross-entropy.
+The result equals `calibration_perplexity(slice_model(source, spec), windows)` up to float rounding;
+with a `ProjectionRefit`, that of the model whose pruned o_proj/down_proj are least-squares corrected
+(fitness_refit.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.models.adapters import adapter_for
+from pipeline.models.slicing import sculpted_config, slice_layer
+from pipeline.models.spec import ArchSpec
+from .fitness_refit import ProjectionRefit
+from pipeline.compress.reform.sequential_reform import output_projection, pruned_inputs
+from pipeline.compress.calibration.layer_stream import LayerStream
+from pipeline.compress.calibration.tensor_cache import TensorLRU
+
+
+def prefix_keys(spec: ArchSpec) -> list[str]:
+    """keys[i] names source layers 0..i of `spec`: equal keys, equal hidden state after source layer i."""
+    by_source = {layer.source: layer for layer in spec.layers}
+    digest, keys = hashlib.blake2b(digest_size=16), []
+    for source in range(spec.base.num_layers):
+        layer = by_source.get(source)
+        digest.update((json.dumps(layer.to_dict(), sort_keys=True) if layer else "-").encode() + b";")
+        keys.append(digest.copy().hexdigest())
+    return keys
+
+
+@dataclass
+class ScorerStats:
+    candidates: int = 0
+    layers_run: int = 0
+    layers_reused: int = 0  # source layers skipped thanks to the prefix cache
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        total = self.layers_run + self.layers_reused
+        return {"candidates": self.candidates, "seconds_per_candidate": self.seconds / max(self.candidates, 1),
+                "prefix_reuse": self.layers_reused / total if total else 0.0}
+
+
+class CandidateScorer:
+    """Scores ArchSpecs cut from `model` by perplexity on fixed calibration `windows` [n, L],
+    with their pruned output projections corrected by `refit` when one is given."""
+
+    def __init__(self, model, windows: torch.Tensor, cache_bytes: int = 512 * 2**20,
+                 refit: ProjectionRefit | None = None) -> None:
+        self.model, self.adapter = model, adapter_for(model.config)
+        self.windows, self.refit = windows, refit
+        self.stream = LayerStream(model, self.adapter, windows, batch_size=windows.shape[0])
+        self.cache = TensorLRU(cache_bytes)  # hidden states by prefix key
+        self.stats = ScorerStats()
+
+    @torch.no_grad()
+    def perplexity(self, spec: ArchSpec) -> float:
+        began = time.perf_counter()
+        keys = prefix_keys(spec)
+        start, hidden = 0, self.stream.hidden[0]
+        for source in range(len(keys) - 1, -1, -1):  # the longest cached prefix
+            cached = self.cache.get(keys[source])
+            if cached is not None:
+                start, hidden = source + 1, cached
+                break
+        config = sculpted_config(self.model.config, spec)
+        position = {layer.source: pos for pos, layer in enumerate(spec.layers)}
+        for source in range(start, len(keys)):
+            if source in position:
+                layer = self._layer(spec, position[source], config)
+                hidden = self.stream.run(layer, [hidden])[0]
+            self.cache.put(keys[source], hidden)
+        self.stats.candidates += 1
+        self.stats.layers_run += len(keys) - start
+        self.stats.layers_reused += start
+        ppl = self._perplexity_from(hidden)
+        self.stats.seconds += time.perf_counter() - began
+        return ppl
+
+    def _layer(self, spec: ArchSpec, position: int, config) -> torch.nn.Module:
+        layer = slice_layer(self.model, spec, position, config)
+        if self.refit is not None:
+            layer_spec = spec.layers[position]
+            for module, kept in pruned_inputs(layer_spec, spec).items():
+                projection = output_projection(self.adapter, layer, module)
+                weight = self.refit.kept_weight(layer_spec.source, module, kept).to(projection.weight.dtype)
+                projection.weight = torch.nn.Parameter(weight, requires_grad=False)
+        return layer
+
+    def _perplexity_from(self, hidden: torch.Tensor) -> float:
+        norm, head = self.adapter.final_norm(self.model), self.adapter.lm_head(self.model)
+        total, count = 0.0, 0
+        for states, ids in zip(hidden, self.windows):  # one window at a time bounds the logits' memory
+            logits = head(norm(states[:-1])).float()
+            total += F.cross_entropy(logits, ids[1:].to(logits.device), reduction="sum").item()
+            count += ids.numel() - 1
+        return math.exp(total / count)

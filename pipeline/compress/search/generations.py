@@ -1,0 +1,283 @@
+"""Evolutionary architecture search from the importance initialisation ("Search for Efficient LLMs",
+Shen et al. 2024, §3.3), with GQA-legal head masks, skippable sublayers, removable layers, and a
+parameter and/or measured decode-latency budget.
+
+Generation 0 is every uniform importance-initialised architecture that fits the budget (one per
+attention shape, the paper's initial subnet and its split alternatives), filled up with strongly
+mutated copies of the best one. Each later generation is `mutations` mutants and `crossovers`
+children of random parents among the best `parents` so far, plus strongly mutated ones; the
+best `parents` of everything scored become the next parents. A candidate outside the budget is
+walked back into it by one-multiple MLP width steps (or dropped), one already scored is dropped.
+Fitness is perplexity on fixed calibration windows (optionally after the least-squares correction
+of the pruned output projections, `fitness_reform`). See docs/search.md for the defaults vs the paper's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
+
+from pipeline.errors import SculptError
+from pipeline.models.spec import BaseDims
+from .genome import (Budget, Genome, Rates, SearchSpace, UnitScores, crossover, genome_from_dict, genome_key,
+                              genome_ratio, genome_to_dict, mutate, repair)
+from pipeline.compress.registry import MethodOptions
+from pipeline.compress.width.legal_widths import DEFAULT_MLP_MULTIPLE
+
+
+class EvolutionOptions(MethodOptions):
+    population: int = Field(24, ge=2)  # candidates per generation (paper: 100)
+    mutations: int = Field(12, ge=0)  # mutants of the parents per generation (paper: 50)
+    crossovers: int = Field(8, ge=0)  # crossover children per generation (paper: 30); the rest: strong mutants
+    parents: int = Field(6, ge=1)  # top-k kept as parents (paper: 10)
+    generations: int = Field(16, ge=0)  # after the initial population (paper: 50)
+    mask_rate_initial: float = Field(0.3, ge=0, le=1)  # P_m for generation 0 and strong mutants (paper: 0.6)
+    mask_rate: float = Field(0.1, ge=0, le=1)  # P_m per mask for mutants (paper: 0.3)
+    ratio_rate_initial: float = Field(0.15, ge=0, le=1)  # P_s for generation 0 and strong mutants (paper: 0.3)
+    ratio_rate: float = Field(0.05, ge=0, le=1)  # P_s per sublayer for mutants (paper: 0.1)
+    depth_rate: float = Field(0.1, ge=0, le=1)  # P_d per candidate: remove or restore one layer (paper: 0.1)
+    alpha: float = Field(0.8, gt=0, le=1)  # a child mask keeps >= alpha of its parent's units (paper: 0.8)
+    mask_sampling: Literal["importance", "uniform"] = "importance"  # which units leave / join a mask
+    mlp_multiple: int = Field(DEFAULT_MLP_MULTIPLE, ge=1)  # MLP widths snap to this many channels
+    mlp_step: int = Field(4, ge=1)  # a width mutation moves at most this many multiples
+    attention_skip: bool = True  # a layer may skip its attention
+    mlp_skip: bool = True  # a layer may skip its MLP
+    layer_removal: bool = True  # depth mutation may remove whole layers
+    tolerance: float = Field(0.01, ge=0, lt=1)  # legal decoder ratio: [ratio - tolerance, ratio]
+    fitness_windows: int = Field(4, ge=1)  # calibration windows scoring each candidate (paper: 5)
+    fitness_seqlen: int = Field(256, ge=0)  # their length in tokens, cut from the calibration windows (0: all)
+    # "least-squares": score each candidate after the least-squares correction of its pruned o_proj/down_proj,
+    # as a reform stage would ship it (fitness_refit.py); helps at deep cuts, hurts at shallow ones (docs/search.md)
+    fitness_reform: Literal["none", "least-squares"] = "none"
+    # also seed the search with, per uniform seed, the same attention and total MLP width spread over the layers by
+    # what the reform cannot recover (mlp_width_costs.py); costs a forward and backward pass per calibration window
+    allocated_seeds: bool = False
+    # which MLP channels a width keeps: "importance" = the paper's per-channel scores; "greedy" = greedy removal with
+    # the least-squares correction of the kept channels, weighted by the loss gradient (greedy_channels.py), the
+    # set the reform corrects best; costs the same gradient pass as allocated_seeds and ~1.7 s per layer
+    mlp_selection: Literal["importance", "greedy"] = "importance"
+    cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
+    latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
+    latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]
+    latency_context: int = Field(512, ge=1)  # KV-cache length the latency table is measured at
+    latency_table: str | None = None  # JSON file to reuse (measured and written there if missing)
+    time_limit_min: float | None = Field(None, gt=0)  # stop after the generation that passes it (not reproducible)
+    # also run the search with the skip genes off (same seed, its own checkpoint and log): with a reform step, the
+    # widths-only search wins at deep cuts and the skipping one at shallow cuts (docs/search.md)
+    skip_free_track: bool = False
+    # what the search returns: "fitness" = the lowest calibration score of any track; "reformed" = among each
+    # track's best `final_candidates` and as many best uniform seeds (and allocated seeds), the lowest perplexity on
+    # the last `final_windows` calibration windows after the reform stage's default ADMM (sequential) on the others
+    final_choice: Literal["fitness", "reformed"] = "fitness"
+    final_candidates: int = Field(3, ge=1)
+    final_windows: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> "EvolutionOptions":
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(f"mutations + crossovers ({self.mutations + self.crossovers}) exceed the population "
+                             f"({self.population}); lower them or raise population")
+        if self.parents > self.population:
+            raise ValueError(f"parents ({self.parents}) exceed the population ({self.population})")
+        if self.skip_free_track and not (self.attention_skip or self.mlp_skip or self.layer_removal):
+            raise ValueError("skip_free_track adds a search with the skip genes off, and they are all off already; "
+                             "drop skip_free_track or turn a skip gene on")
+        if self.final_choice == "reformed" and self.final_candidates > self.parents:
+            raise ValueError(f"final_candidates ({self.final_candidates}) exceed the parents ({self.parents}) "
+                             "the search keeps; lower it or raise parents")
+        return self
+
+    def skip_free(self) -> "EvolutionOptions":
+        """These options with every skip gene off (the skip-free track)."""
+        return self.model_copy(update={"attention_skip": False, "mlp_skip": False, "layer_removal": False})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    genome: Genome
+    ppl: float
+    key: str
+
+
+class EvolutionSearch:
+    """The search state and its generations; `score` maps a legal genome to its fitness (lower is better)."""
+
+    def __init__(self, space: SearchSpace, budget: Budget, score: Callable[[Genome], float],
+                 options: EvolutionOptions, seed: int) -> None:
+        self.space, self.budget, self.score, self.options = space, budget, score, options
+        self.rng = np.random.default_rng(seed)
+        self.seen: dict[str, float] = {}
+        self.parents: list[Candidate] = []
+        self.seeds: list[Candidate] = []  # the seeds, best first, as generation 0 scored them
+        self.seed_kinds: dict[str, str] = {}  # each seed's key -> where it came from ("uniform", "allocated")
+        self.history: list[dict] = []
+        self.generation = -1  # the last completed generation
+        self.strong = Rates(options.mask_rate_initial, options.ratio_rate_initial, options.depth_rate)
+        self.mild = Rates(options.mask_rate, options.ratio_rate, options.depth_rate)
+
+    @property
+    def best(self) -> Candidate:
+        return self.parents[0]
+
+    # ---- generations -------------------------------------------------------------------
+    def initial(self, seeds: list[tuple[str, Genome]], on_scored: Callable[[], None] = lambda: None) -> dict:
+        """Generation 0: the seeds (each with where it came from), then strong mutants of the best seed up to the
+        population size."""
+        legal = {}
+        for kind, seed in seeds:
+            genome = repair(seed, self.space, self.budget, self.rng)
+            if genome is not None:
+                legal.setdefault(genome_key(genome), (kind, genome))
+        if not legal:
+            raise SculptError("no uniform architecture fits the budget: raise the ratio or the tolerance, "
+                              "or lower the latency speed-up")
+        began = time.perf_counter()
+        scored = self._score_all([("seed", g) for g in self._unique([g for _, g in legal.values()])], on_scored)
+        self.seeds = sorted((candidate for _, candidate in scored), key=lambda c: (c.ppl, c.key))
+        self.seed_kinds = {key: kind for key, (kind, _) in legal.items()}
+        seed_best = self.seeds[0]
+        wanted = self.options.population - len(scored)
+        scored += self._score_all(self._offspring([seed_best], [("strong", wanted)]), on_scored)
+        return self._close_generation(scored, began, seed_ppl=seed_best.ppl)
+
+    def step(self, on_scored: Callable[[], None] = lambda: None) -> dict:
+        """One generation of mutants, crossovers and strong mutants of the current parents."""
+        opts = self.options
+        began = time.perf_counter()
+        plan = [("mutation", opts.mutations), ("crossover", opts.crossovers),
+                ("strong", opts.population - opts.mutations - opts.crossovers)]
+        scored = self._score_all(self._offspring(self.parents, plan), on_scored)
+        return self._close_generation(scored, began)
+
+    def _offspring(self, parents: list[Candidate], plan: list[tuple[str, int]]) -> list[tuple[str, Genome]]:
+        children: list[tuple[str, Genome]] = []
+        keys: set[str] = set()
+        for kind, count in plan:
+            made = 0
+            for _ in range(10 * count):  # as the paper's code: give up after 10x the wanted attempts
+                if made == count:
+                    break
+                child = repair(self._child(kind, parents), self.space, self.budget, self.rng)
+                if child is None:
+                    continue
+                key = genome_key(child)
+                if key in self.seen or key in keys:
+                    continue
+                keys.add(key)
+                children.append((kind, child))
+                made += 1
+        return children
+
+    def _child(self, kind: str, parents: list[Candidate]) -> Genome:
+        first = parents[int(self.rng.integers(len(parents)))].genome
+        if kind == "crossover" and len(parents) > 1:
+            i, j = self.rng.choice(len(parents), size=2, replace=False)
+            return crossover(parents[int(i)].genome, parents[int(j)].genome, self.rng)
+        return mutate(first, self.space, self.strong if kind == "strong" else self.mild, self.rng)
+
+    def _unique(self, genomes: list[Genome]) -> list[Genome]:
+        out, keys = [], set()
+        for genome in genomes:
+            key = genome_key(genome)
+            if key not in keys and key not in self.seen:
+                keys.add(key)
+                out.append(genome)
+        return out
+
+    def _score_all(self, batch: list[tuple[str, Genome]], on_scored) -> list[tuple[str, Candidate]]:
+        scored = []
+        for kind, genome in batch:
+            key = genome_key(genome)
+            ppl = float(self.score(genome))
+            self.seen[key] = ppl
+            scored.append((kind, Candidate(genome, ppl, key)))
+            on_scored()
+        return scored
+
+    def _close_generation(self, scored: list[tuple[str, Candidate]], began: float, **extra) -> dict:
+        self.generation += 1
+        pool = self.parents + [c for _, c in scored]
+        self.parents = sorted(pool, key=lambda c: (c.ppl, c.key))[: self.options.parents]
+        winners = {c.key for c in self.parents}
+        kinds: dict[str, dict[str, int]] = {}
+        for kind, cand in scored:
+            tally = kinds.setdefault(kind, {"scored": 0, "to_parents": 0})
+            tally["scored"] += 1
+            tally["to_parents"] += cand.key in winners
+        row = {"generation": self.generation, "scored": len(scored), "best_ppl": self.best.ppl,
+               "best_ratio": round(genome_ratio(self.best.genome, self.space.base), 6),
+               "parents_ppl": [c.ppl for c in self.parents], "ppl": [c.ppl for _, c in scored], "kinds": kinds,
+               "seconds": round(time.perf_counter() - began, 3), **extra}
+        if self.budget.speedup is not None:
+            row["best_speedup"] = round(self.budget.speedup(self.best.genome), 4)
+        self.history.append(row)
+        return row
+
+    # ---- checkpoint --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"generation": self.generation, "rng": self.rng.bit_generator.state, "seen": self.seen,
+                "parents": [_candidate_dict(c) for c in self.parents],
+                "seeds": [{**_candidate_dict(c), "kind": self.seed_kinds[c.key]} for c in self.seeds],
+                "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generation = state["generation"]
+        self.rng.bit_generator.state = state["rng"]
+        self.seen = dict(state["seen"])
+        self.parents = [_candidate(p) for p in state["parents"]]
+        self.seeds = [_candidate(c) for c in state.get("seeds", [])]
+        self.seed_kinds = {c.key: data.get("kind", "uniform") for c, data in zip(self.seeds, state.get("seeds", []))}
+        self.history = list(state["history"])
+
+
+def _candidate_dict(candidate: Candidate) -> dict:
+    return {"genome": genome_to_dict(candidate.genome), "ppl": candidate.ppl}
+
+
+def _candidate(data: dict) -> Candidate:
+    genome = genome_from_dict(data["genome"])
+    return Candidate(genome, data["ppl"], genome_key(genome))
+
+
+def search_space(base: BaseDims, importance, options: EvolutionOptions) -> SearchSpace:
+    scores = None
+    if options.mask_sampling == "importance":
+        scores = tuple(UnitScores(imp.q_heads.numpy(), imp.kv_groups.numpy(), imp.mlp_channels.numpy())
+                       for imp in importance)
+    return SearchSpace(base, scores, options.mlp_multiple, options.alpha, options.mlp_step, options.attention_skip,
+                       options.mlp_skip, options.layer_removal)
+
+
+def fingerprint(*parts) -> str:
+    """A stable hash of JSON-able parts (what a checkpoint must match to be resumed)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def run_generations(search: EvolutionSearch, seeds: list[tuple[str, Genome]], checkpoint: Callable[[dict], None],
+                    describe: Callable[[], dict] = dict, progress: bool = True, desc: str = "evolution") -> bool:
+    """Run the remaining generations, checkpointing after each; True if the time limit cut it short."""
+    opts = search.options
+    began, limit = time.perf_counter(), (opts.time_limit_min or float("inf")) * 60
+    total = opts.population * (opts.generations + 1)
+    bar = tqdm(total=total, initial=min(total, opts.population * (search.generation + 1)), desc=desc,
+               unit="cand", disable=not progress)
+    with bar:
+        if search.parents:  # resumed
+            bar.set_postfix(gen=search.generation, best_ppl=f"{search.best.ppl:.3f}")
+        while search.generation < opts.generations:
+            row = search.initial(seeds, bar.update) if search.generation < 0 else search.step(bar.update)
+            row.update(describe())
+            checkpoint(search.state_dict())
+            # generation 0 scores every legal seed, which may outnumber the population
+            bar.total = bar.n + opts.population * (opts.generations - search.generation)
+            bar.set_postfix(gen=search.generation, best_ppl=f"{search.best.ppl:.3f}")
+            if time.perf_counter() - began > limit and search.generation < opts.generations:
+                return True
+    return False
