@@ -1,5 +1,5 @@
 """The model and calibration-window arguments the held-out ranking scripts share
-(fitness_holdout.py, reform_holdout.py), and loading what they name."""
+(reform_holdout.py), and loading what they name."""
 
 from __future__ import annotations
 

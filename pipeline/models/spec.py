@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 SublayerMode = Literal["keep", "skip", "linear"]
 MODES: tuple[str, ...] = ("keep", "skip", "linear")
@@ -311,7 +311,3 @@ def total_parameters(spec: ArchSpec) -> int:
 def decoder_ratio(spec: ArchSpec) -> float:
     """Fraction of the source's decoder-layer parameters this spec keeps."""
     return decoder_parameters(spec) / dense_decoder_parameters(spec.base)
-
-
-def kept_sources(spec: ArchSpec) -> Iterable[int]:
-    return (layer.source for layer in spec.layers)

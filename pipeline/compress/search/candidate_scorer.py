@@ -6,9 +6,7 @@ What makes a candidate cheap to score (measured in docs/search.md):
 - the hidden state after every layer is kept in an LRU cache keyed by the layers up to there,
   so a child sharing its first k layers with a scored candidate starts at layer k;
 - all fitness windows go through a layer as one batch; the loss is float32 cross-entropy.
-The result equals `calibration_perplexity(slice_model(source, spec), windows)` up to float rounding;
-with a `ProjectionRefit`, that of the model whose pruned o_proj/down_proj are least-squares corrected
-(fitness_refit.py).
+The result equals `calibration_perplexity(slice_model(source, spec), windows)` up to float rounding.
 """
 
 from __future__ import annotations
@@ -25,8 +23,6 @@ import torch.nn.functional as F
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import sculpted_config, slice_layer
 from pipeline.models.spec import ArchSpec
-from .fitness_refit import ProjectionRefit
-from pipeline.compress.reform.sequential_reform import output_projection, pruned_inputs
 from pipeline.compress.calibration.layer_stream import LayerStream
 from pipeline.compress.calibration.tensor_cache import TensorLRU
 
@@ -56,13 +52,11 @@ class ScorerStats:
 
 
 class CandidateScorer:
-    """Scores ArchSpecs cut from `model` by perplexity on fixed calibration `windows` [n, L],
-    with their pruned output projections corrected by `refit` when one is given."""
+    """Scores ArchSpecs cut from `model` by perplexity on fixed calibration `windows` [n, L]."""
 
-    def __init__(self, model, windows: torch.Tensor, cache_bytes: int = 512 * 2**20,
-                 refit: ProjectionRefit | None = None) -> None:
+    def __init__(self, model, windows: torch.Tensor, cache_bytes: int = 512 * 2**20) -> None:
         self.model, self.adapter = model, adapter_for(model.config)
-        self.windows, self.refit = windows, refit
+        self.windows = windows
         self.stream = LayerStream(model, self.adapter, windows, batch_size=windows.shape[0])
         self.cache = TensorLRU(cache_bytes)  # hidden states by prefix key
         self.stats = ScorerStats()
@@ -81,7 +75,7 @@ class CandidateScorer:
         position = {layer.source: pos for pos, layer in enumerate(spec.layers)}
         for source in range(start, len(keys)):
             if source in position:
-                layer = self._layer(spec, position[source], config)
+                layer = slice_layer(self.model, spec, position[source], config)
                 hidden = self.stream.run(layer, [hidden])[0]
             self.cache.put(keys[source], hidden)
         self.stats.candidates += 1
@@ -90,16 +84,6 @@ class CandidateScorer:
         ppl = self._perplexity_from(hidden)
         self.stats.seconds += time.perf_counter() - began
         return ppl
-
-    def _layer(self, spec: ArchSpec, position: int, config) -> torch.nn.Module:
-        layer = slice_layer(self.model, spec, position, config)
-        if self.refit is not None:
-            layer_spec = spec.layers[position]
-            for module, kept in pruned_inputs(layer_spec, spec).items():
-                projection = output_projection(self.adapter, layer, module)
-                weight = self.refit.kept_weight(layer_spec.source, module, kept).to(projection.weight.dtype)
-                projection.weight = torch.nn.Parameter(weight, requires_grad=False)
-        return layer
 
     def _perplexity_from(self, hidden: torch.Tensor) -> float:
         norm, head = self.adapter.final_norm(self.model), self.adapter.lm_head(self.model)

@@ -1,7 +1,6 @@
 """The `evolution` method: wires the search to a model, its calibration data and the artifact.
 
-Importance (once, kept in the resume directory) and, for a reform-aware fitness, the dense input
-moments of every o_proj/down_proj from the same pass; with `mlp_selection: greedy`, the MLP channels
+Importance (once, kept in the resume directory); with `mlp_selection: greedy`, the MLP channels
 ranked by greedy reform-aware removal, and with `allocated_seeds`, every layer's removal cost of each
 MLP width (same pass, plus a gradient pass); the uniform (and allocated) seeds, the
 budget (with a latency table when a speed-up is asked for), the candidate scorer, one search per
@@ -32,10 +31,9 @@ from .genome import Budget, Genome, SearchSpace, genome_from_spec, genome_ratio,
 from .records import (WidthCosts, load_checkpoint, load_importance, plot_convergence, save_checkpoint,
                                 save_importance, track_file, write_log)
 from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
-from .fitness_refit import ProjectionRefit, held_out_moments, projection_grams
 from pipeline.compress.importance.obs_importance import LayerImportance, layer_importance
 from .latency_table import LatencyTable, machine_key, measure_latency_table
-from pipeline.compress.reform.sequential_reform import PROJECTIONS, ReformSettings, reform_sculpted
+from pipeline.compress.reform.sequential_reform import ReformSettings, reform_sculpted
 from pipeline.compress.calibration.layer_stream import GramAccumulator
 from pipeline.compress.importance.mlp_width_costs import allocate_widths, output_gradient_covariance, removal_costs
 from pipeline.compress.registry import MethodContext, MethodResult, register
@@ -49,14 +47,14 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     windows = fitness_windows(ctx.calibration, options)
     final = final_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
-    importance, refit, width_costs = _importance(
-        ctx, calibration_hash, windows if options.fitness_reform != "none" else None,
+    importance, width_costs = _importance(
+        ctx, calibration_hash,
         SearchSpace(ctx.base, None, options.mlp_multiple).widths() if options.allocated_seeds else None,
         options.mlp_selection)
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
-    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20, refit)
+    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20)
     tracks = {"main": options, **({"skip-free": options.skip_free()} if options.skip_free_track else {})}
     runs = {track: run_track(ctx, track, track_options, importance, width_costs, budget, scorer, ratio,
                              calibration_hash, table)
@@ -77,7 +75,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
              **({"reformed_ppl": round(choice.reformed_ppl, 4)} if choice else {})}
     spec = genome_spec(chosen.genome, ctx.base, notes)
     metrics = {"search_ppl": chosen.ppl, "seed_ppl": search.history[0]["seed_ppl"],
-               "fitness_reform": options.fitness_reform, "generations": search.generation,
+               "generations": search.generation,
                "candidates_scored": sum(len(run.search.seen) for run in runs.values()),
                "fitness_windows": list(windows.shape),
                "seconds_per_candidate": _mean_seconds(history), "prefix_reuse": _mean(history, "prefix_reuse"),
@@ -89,8 +87,6 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
         metrics["chosen_track"] = track
     if choice is not None:
         metrics.update(final_choice=choice.rows, final_windows=list(final[1].shape), reformed_ppl=choice.reformed_ppl)
-    if refit is not None:
-        metrics.update(refit.stats.as_dict())
     if table is not None:
         metrics["predicted_speedup"] = table.speedup(layer_shapes(chosen.genome, ctx.base))
     if ctx.out_dir is not None:
@@ -279,13 +275,10 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
     return table
 
 
-def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor | None, widths: tuple[int, ...] | None,
-                selection: str = "importance"
-                ) -> tuple[list[LayerImportance], ProjectionRefit | None, WidthCosts | None]:
-    """The importance (from the resume directory if there); given the `fitness` windows, the least-squares
-    refit fitted on the same pass's o_proj/down_proj input moments less those windows' share (fitness_refit.py),
-    so candidates are scored on text their corrections never saw; given `widths`, every layer's removal cost of
-    each MLP width (mlp_width_costs.py), from the same pass and a gradient pass over the calibration windows.
+def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ...] | None,
+                selection: str = "importance") -> tuple[list[LayerImportance], WidthCosts | None]:
+    """The importance (from the resume directory if there); given `widths`, every layer's removal cost of each
+    MLP width (mlp_width_costs.py), from the same pass and a gradient pass over the calibration windows.
     With the "greedy" `selection`, the MLP channels score by greedy reform-aware removal (greedy_channels.py,
     the same passes) instead, and the width costs follow that ranking."""
     greedy = selection == "greedy"
@@ -293,24 +286,15 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
         calibration_hash = f"{calibration_hash}-greedy"  # a cached importance is reused for its own selection only
     cached = load_importance(ctx.state_dir, calibration_hash) if ctx.state_dir else None
     priced = widths is None or (cached is not None and cached[1] is not None and set(cached[1][0]) == set(widths))
-    if cached is not None and fitness is None and priced:
-        return cached[0], None, cached[1] if widths is not None else None
-    if fitness is not None and fitness.numel() >= ctx.calibration.numel():
-        raise SculptError("a reform-aware fitness fits its corrections on the calibration windows the candidates "
-                          "are not scored on, and the fitness windows are all of them: raise --calib-samples, "
-                          "lower the fitness_windows option, or set fitness_reform: none")
+    if cached is not None and priced:
+        return cached[0], cached[1] if widths is not None else None
     fishers = (output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, ctx.progress)
                if widths or greedy else None)
     downs = [ctx.adapter.mlp_linears(layer)[2] for layer in ctx.adapter.layers(ctx.model)]
-    totals: list[dict[str, GramAccumulator]] = []
     costs: WidthCosts = []
     channels: list[torch.Tensor] = []  # the greedy channel scores
 
     def keep_statistics(index: int, grams: dict[str, GramAccumulator], scores: LayerImportance) -> None:
-        if fitness is not None:
-            totals.append({module: grams[module] for module in PROJECTIONS})
-        if fishers is None:
-            return
         down, gram = downs[index].weight.detach(), grams["down_proj"].mean()
         if greedy:
             channels.append(greedy_channel_scores(down, gram, fishers[index]))
@@ -320,18 +304,13 @@ def _importance(ctx: MethodContext, calibration_hash: str, fitness: torch.Tensor
             costs.append(removal_costs(down, gram, fishers[index], order, widths))
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
-                                  on_layer=keep_statistics if fitness is not None or fishers is not None else None)
+                                  on_layer=keep_statistics if fishers is not None else None)
     if greedy:
         importance = [replace(scores, mlp_channels=ranked) for scores, ranked in zip(importance, channels)]
     width_costs = costs if widths else None
     if ctx.state_dir is not None:
         save_importance(ctx.state_dir, calibration_hash, importance, width_costs)
-    if fitness is None:
-        return importance, None, width_costs
-    fitness_grams = projection_grams(ctx.model, ctx.adapter, fitness)
-    moments = [held_out_moments(total, held) for total, held in zip(totals, fitness_grams)]
-    totals.clear()
-    return importance, ProjectionRefit(ctx.model, ctx.adapter, moments), width_costs
+    return importance, width_costs
 
 
 def _stats_per_generation(scorer: CandidateScorer):

@@ -8,8 +8,7 @@ mutated copies of the best one. Each later generation is `mutations` mutants and
 children of random parents among the best `parents` so far, plus strongly mutated ones; the
 best `parents` of everything scored become the next parents. A candidate outside the budget is
 walked back into it by one-multiple MLP width steps (or dropped), one already scored is dropped.
-Fitness is perplexity on fixed calibration windows (optionally after the least-squares correction
-of the pruned output projections, `fitness_reform`). See docs/search.md for the defaults vs the paper's.
+Fitness is perplexity on fixed calibration windows. See docs/search.md for the defaults vs the paper's.
 """
 
 from __future__ import annotations
@@ -53,9 +52,6 @@ class EvolutionOptions(MethodOptions):
     tolerance: float = Field(0.01, ge=0, lt=1)  # legal decoder ratio: [ratio - tolerance, ratio]
     fitness_windows: int = Field(4, ge=1)  # calibration windows scoring each candidate (paper: 5)
     fitness_seqlen: int = Field(256, ge=0)  # their length in tokens, cut from the calibration windows (0: all)
-    # "least-squares": score each candidate after the least-squares correction of its pruned o_proj/down_proj,
-    # as a reform stage would ship it (fitness_refit.py); helps at deep cuts, hurts at shallow ones (docs/search.md)
-    fitness_reform: Literal["none", "least-squares"] = "none"
     # also seed the search with, per uniform seed, the same attention and total MLP width spread over the layers by
     # what the reform cannot recover (mlp_width_costs.py); costs a forward and backward pass per calibration window
     allocated_seeds: bool = False

@@ -70,17 +70,6 @@ def shape_key(shape: AttentionShape) -> str:
     return f"{shape.num_kv_heads}x{shape.per_group}"
 
 
-def spec_shapes(spec: ArchSpec) -> list[tuple[AttentionShape | None, int]]:
-    """The table's view of a spec (linear replacements are not in the table)."""
-    shapes = []
-    for layer in spec.layers:
-        if "linear" in (layer.attention, layer.mlp):
-            raise ValueError("the latency table has no entry for linear sublayer replacements")
-        shape = AttentionShape(layer.num_kv_heads, layer.num_heads // layer.num_kv_heads) if layer.has_attention else None
-        shapes.append((shape, layer.intermediate_size if layer.mlp == "keep" else 0))
-    return shapes
-
-
 def machine_key(model, base: BaseDims, context: int, widths: Iterable[int]) -> dict:
     """What a measured table depends on: reuse a cached table only when all of it matches."""
     parameter = next(model.parameters())
