@@ -1,7 +1,7 @@
 """Family adapters: the one place that knows where a family keeps its modules.
 
-Algorithms ask the adapter for a layer's q/k/v/o, gate/up/down and norms; they
-never name a module attribute. Keyed on `config.model_type`.
+Algorithms ask the adapter for a layer's q/k/v/o, gate/up/down and norms, and for the tensor
+names of the sliced model; they never name a module attribute. Keyed on `config.model_type`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from torch import nn
 
 from ..errors import SculptError
 from .spec import BaseDims
+
+
+# The two output projections compression corrects, by role: the attention's output projection (its inputs are
+# the heads' contexts) and the MLP's down projection (its inputs are the channels' activations).
+ATTENTION_OUTPUT, MLP_OUTPUT = "attention_output", "mlp_output"
+OUTPUT_PROJECTIONS = (ATTENTION_OUTPUT, MLP_OUTPUT)
 
 
 class AttentionLinears(NamedTuple):
@@ -91,6 +97,20 @@ class FamilyAdapter:
     def mlp_linears(self, layer: nn.Module) -> MlpLinears:
         mlp = layer.mlp
         return MlpLinears(mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+
+    def output_projection(self, layer: nn.Module, role: str) -> nn.Linear:
+        """The output projection of `role` (ATTENTION_OUTPUT or MLP_OUTPUT) of `layer`."""
+        return self.attention_linears(layer).o if role == ATTENTION_OUTPUT else self.mlp_linears(layer).down
+
+    # ---- tensor names (of the family model and of the sculpted model, which keeps the family's names) ----
+    def layer_prefix(self, position: int) -> str:
+        """The name prefix of the tensors of decoder layer `position`."""
+        return f"model.layers.{position}"
+
+    def output_projection_name(self, position: int, role: str) -> str:
+        """The name of the output projection of `role` of layer `position` (append .weight / .bias)."""
+        module = "self_attn.o_proj" if role == ATTENTION_OUTPUT else "mlp.down_proj"
+        return f"{self.layer_prefix(position)}.{module}"
 
 
 ADAPTERS: dict[str, FamilyAdapter] = {

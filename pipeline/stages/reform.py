@@ -1,8 +1,8 @@
 """reform: correct the kept weights from the omitted ones and calibration data.
 
 Reads `search/arch.json` (and `search/weights.safetensors` when the search method fitted
-weights), slices the source model with them, and corrects every o_proj / down_proj that lost
-input units with the recipe's method (see docs/reform.md). Writes:
+weights), slices the source model with them, and corrects every output projection (attention output,
+MLP down) that lost input units with the recipe's method (see docs/reform.md). Writes:
 - `reform/arch.json`: the architecture from here on (the search's; `bias` adds output biases);
 - `reform/weights.safetensors`: the corrected tensors, named as in the sliced model, which the
   slice stage applies after the search's;
@@ -16,6 +16,7 @@ import json
 from safetensors.torch import load_file, save_file
 
 from ..compress.reform.sequential_reform import ReformOutcome, ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
+from ..models.adapters import OUTPUT_PROJECTIONS
 from ..models.slicing import slice_model
 from ..models.spec import ArchSpec
 from .context import StageContext
@@ -55,7 +56,7 @@ def run(ctx: StageContext) -> None:
     files = inputs(ctx)
     spec = ArchSpec.from_json((ctx.artifact.path / "search/arch.json").read_text())
     if not any(pruned_inputs(layer, spec) for layer in spec.layers):
-        ctx.artifact.skip(NAME, "no kept o_proj or down_proj lost input units: there is nothing to reform",
+        ctx.artifact.skip(NAME, "no kept output projection lost input units: there is nothing to reform",
                           options=options(ctx))
         return
     with ctx.artifact.stage(NAME, options=options(ctx), inputs=files) as st:
@@ -80,7 +81,7 @@ def run(ctx: StageContext) -> None:
 def reform_report(outcome: ReformOutcome, settings: ReformSettings, calibration: dict) -> dict:
     """The stage's report: settings, data, where the time went, and the error of each projection."""
     summary = {}
-    for module in ("o_proj", "down_proj"):
+    for module in OUTPUT_PROJECTIONS:
         rows = [r for r in outcome.reports if r.module == module]
         if rows:
             summary[module] = {"count": len(rows),

@@ -357,7 +357,7 @@ def test_greedy_selection_seeds_keep_the_channels_greedy_reform_aware_removal_ra
     greedy, grams_of = [], []
 
     def rank(index, grams, _scores):
-        grams_of.append(grams["down_proj"].mean())
+        grams_of.append(grams["mlp_output"].mean())
         greedy.append(greedy_channel_scores(downs[index].weight.detach(), grams_of[-1], fishers[index]))
     phi = layer_importance(ctx.model, ctx.adapter, ctx.calibration, 1, False, on_layer=rank)
     # the allocated seeds' width costs price the greedy ranking's widths, not the importance's

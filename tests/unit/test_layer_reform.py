@@ -7,7 +7,7 @@ import torch
 
 from pipeline.compress.reform.sequential_reform import ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
 from pipeline.compress.calibration.layer_stream import GramAccumulator
-from pipeline.models.adapters import adapter_for
+from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, adapter_for
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import ArchSpec
 from tests.factories import tiny_model
@@ -43,8 +43,8 @@ def test_reform_lowers_every_projection_error_and_the_model_error_on_unseen_text
     before = logit_error(sculpted, dense, unseen)
     outcome = reform_sculpted(sculpted, dense, spec, windows(16, seed=0), ReformSettings(method), progress=False)
     assert [(r.position, r.module) for r in outcome.reports] == [
-        (0, "o_proj"), (0, "down_proj"), (1, "o_proj"), (1, "down_proj"), (2, "o_proj"), (3, "o_proj"),
-        (3, "down_proj")]
+        (0, ATTENTION_OUTPUT), (0, MLP_OUTPUT), (1, ATTENTION_OUTPUT), (1, MLP_OUTPUT), (2, ATTENTION_OUTPUT),
+        (3, ATTENTION_OUTPUT), (3, MLP_OUTPUT)]
     for report in outcome.reports:
         assert report.error_after < report.error_before, report
     if method != "bias":  # a random model's channel means are ~0: its bias is mostly sampling noise off-sample
@@ -87,8 +87,8 @@ def test_pruned_inputs_names_only_the_projections_that_lost_inputs():
     full = ArchSpec.dense(adapter_for(dense.config).dims(dense.config))
     assert all(pruned_inputs(layer, full) == {} for layer in full.layers)
     spec = pruned_spec(dense)
-    assert set(pruned_inputs(spec.layers[2], spec)) == {"o_proj"}
-    assert pruned_inputs(spec.layers[0], spec)["o_proj"].tolist() == [*range(0, 16), *range(24, 40)]
+    assert set(pruned_inputs(spec.layers[2], spec)) == {ATTENTION_OUTPUT}
+    assert pruned_inputs(spec.layers[0], spec)[ATTENTION_OUTPUT].tolist() == [*range(0, 16), *range(24, 40)]
 
 
 @pytest.mark.parametrize("width", [7, 512, 1100])  # below, at and across the block size

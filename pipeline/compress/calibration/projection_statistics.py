@@ -1,7 +1,8 @@
 """Statistics of the inputs of every layer's output projections, from one streamed pass.
 
-Width methods score and correct the two output projections of a block: o_proj (its input
-is the concatenated head outputs) and down_proj (its input is the gated MLP activation).
+Width methods score and correct the two output projections of a block: the attention output
+projection (its input is the concatenated head outputs) and the MLP down projection (its input is the
+gated MLP activation).
 All they need of the data is the mean, the per-channel second moment and, for least
 squares and correlations, the full second moment E[x x^T] of those inputs.
 
@@ -51,8 +52,8 @@ class InputStatistics:
 
 @dataclass(frozen=True)
 class LayerStatistics:
-    attention: InputStatistics  # input of o_proj
-    mlp: InputStatistics  # input of down_proj
+    attention: InputStatistics  # input of the attention output projection
+    mlp: InputStatistics  # input of the MLP down projection
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def stream_statistics(model: nn.Module, adapter: FamilyAdapter, windows: torch.T
 @torch.no_grad()
 def edited_layer(layer: nn.Module, adapter: FamilyAdapter, edit: LayerEdit) -> nn.Module:
     """A copy of `layer` computing what the sliced layer computes: removed input columns of
-    o_proj/down_proj zeroed (the reference masking semantics), kept ones replaced, biases added."""
+    output projections zeroed (the reference masking semantics), kept ones replaced, biases added."""
     layer = copy.deepcopy(layer)
     for linear, change in ((adapter.attention_linears(layer).o, edit.attention), (adapter.mlp_linears(layer).down, edit.mlp)):
         apply_projection_edit(linear, change)

@@ -105,6 +105,6 @@ def run_streamline(ctx: MethodContext, ratio: float, options: StreamlineOptions)
     layer.requires_grad_(False)
     metrics.update(fit_relative_error=relative_error(layer, *train),
                    held_out_relative_error=relative_error(layer, *held_out))
-    weights = {f"model.layers.{start}.{name}": tensor.detach().clone()
+    weights = {f"{ctx.adapter.layer_prefix(start)}.{name}": tensor.detach().clone()
                for name, tensor in layer.state_dict().items()}
     return MethodResult(spec, weights=weights, metrics=metrics)

@@ -1,8 +1,8 @@
 """Scoring rules of the width baselines (magnitude, Wanda-sp, FLAP). Pure math, float64.
 
-Every rule scores the prunable units of one layer: each query head (its q rows and o_proj
+Every rule scores the prunable units of one layer: each query head (its q rows and output
 columns), each KV group (its k/v rows and all its query heads) and each MLP channel (its
-gate/up rows and down_proj column); higher = more important. The papers assume multi-head
+gate/up rows and down projection column); higher = more important. The papers assume multi-head
 attention, where a head owns its k/v rows; under GQA the unit that owns k/v is the group,
 and the rules below extend to it by summing (or, for FLAP's standardised scores,
 averaging) over the group's query heads.
@@ -51,7 +51,8 @@ def wanda_channel_scores(weight: torch.Tensor, stats: InputStatistics) -> torch.
 
 def wanda_sp_importance(o: torch.Tensor, down: torch.Tensor, stats: LayerStatistics, head_dim: int,
                         group_size: int) -> LayerImportance:
-    """Heads sum their o_proj channel scores; a KV group sums its heads; MLP channels score down_proj columns."""
+    """Heads sum their output-projection channel scores; a KV group sums its heads; MLP channels score down
+    projection columns."""
     q_heads = per_head(wanda_channel_scores(o, stats.attention), head_dim)
     return LayerImportance(q_heads, per_group(q_heads, group_size), wanda_channel_scores(down, stats.mlp))
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.models.adapters import FamilyAdapter
+from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
 from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, gram_of_inputs
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added before inverting (as SparseGPT)
@@ -81,7 +81,7 @@ def layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, batch
                      progress: bool = True, on_layer: LayerCallback | None = None) -> list[LayerImportance]:
     """Importance of every head, KV group and MLP channel of a dense model, from calibration windows.
 
-    `on_layer(index, grams, scores)` sees each layer's input statistics ("attn", "o_proj", "mlp", "down_proj")
+    `on_layer(index, grams, scores)` sees each layer's input statistics ("attention_input", ATTENTION_OUTPUT, "mlp_input", MLP_OUTPUT)
     and its scores, for a caller that needs them too (the search's reform-aware fitness and width allocation)
     without another pass."""
     dims = adapter.dims(model.config)
@@ -90,13 +90,13 @@ def layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, batch
     for index, layer in enumerate(tqdm(adapter.layers(model), desc="importance", unit="layer", disable=not progress)):
         q, k, v, o = adapter.attention_linears(layer)
         gate, up, down = adapter.mlp_linears(layer)
-        with gram_of_inputs({"attn": q, "o_proj": o, "mlp": gate, "down_proj": down}) as grams:
+        with gram_of_inputs({"attention_input": q, ATTENTION_OUTPUT: o, "mlp_input": gate, MLP_OUTPUT: down}) as grams:
             outputs = stream.run(layer)
         inv = {name: inverse_hessian_diag(acc.mean()) for name, acc in grams.items()}
         q_heads, kv_groups = attention_scores(
-            q.weight, k.weight, v.weight, o.weight, inv["attn"], inv["o_proj"], dims.head_dim, dims.group_size
+            q.weight, k.weight, v.weight, o.weight, inv["attention_input"], inv[ATTENTION_OUTPUT], dims.head_dim, dims.group_size
         )
-        channels = mlp_scores(gate.weight, up.weight, down.weight, inv["mlp"], inv["down_proj"])
+        channels = mlp_scores(gate.weight, up.weight, down.weight, inv["mlp_input"], inv[MLP_OUTPUT])
         results.append(LayerImportance(q_heads.cpu(), kv_groups.cpu(), channels.cpu()))
         if on_layer is not None:
             on_layer(index, grams, results[-1])

@@ -1,4 +1,4 @@
-"""Corrections of a layer whose input units were pruned (o_proj, down_proj).
+"""Corrections of a layer whose input units were pruned (attention output, MLP down).
 
 With W (out x in) the original weights, X the layer's inputs and K the kept input units,
 the pruned layer computes W[:, K] X_K. These corrections change the kept weights (or add a

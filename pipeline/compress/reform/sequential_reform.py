@@ -1,6 +1,6 @@
 """Reform a sculpted model's output projections layer by layer, from calibration windows.
 
-Every kept o_proj / down_proj whose input units were pruned gets corrected kept columns
+Every kept output projection (attention output, MLP down) whose input units were pruned gets corrected kept columns
 (and, for `bias`, an output bias) from the second moment of its *dense* input: all heads'
 attention context, all channels' act(gate) * up. A kept head's context and a kept channel's
 activation are the same in the sliced layer as in the dense one (each depends only on its own
@@ -22,14 +22,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pipeline.models.adapters import FamilyAdapter, adapter_for
+from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, OUTPUT_PROJECTIONS, FamilyAdapter, adapter_for
 from pipeline.models.slicing import head_rows
 from pipeline.models.spec import ArchSpec, LayerSpec
 from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, capture_inputs
 from .projection_corrections import ADMM_ITERATIONS, ADMM_RHO, output_error, reform_columns
-
-PROJECTIONS = ("o_proj", "down_proj")
-
 
 class _Stop(Exception):
     """Ends a module's forward once the wanted input has been seen."""
@@ -60,9 +57,9 @@ def pruned_inputs(layer: LayerSpec, spec: ArchSpec) -> dict[str, torch.Tensor]:
     """{projection: kept input columns, in sliced order} for the kept projections that lost inputs."""
     base, kept = spec.base, {}
     if layer.attention == "keep" and layer.q_heads is not None and len(layer.q_heads) < base.num_heads:
-        kept["o_proj"] = head_rows(layer.q_heads, base.head_dim)
+        kept[ATTENTION_OUTPUT] = head_rows(layer.q_heads, base.head_dim)
     if layer.mlp == "keep" and layer.mlp_channels is not None and len(layer.mlp_channels) < base.intermediate_size:
-        kept["down_proj"] = torch.tensor(layer.mlp_channels, dtype=torch.long)
+        kept[MLP_OUTPUT] = torch.tensor(layer.mlp_channels, dtype=torch.long)
     return kept
 
 
@@ -71,15 +68,15 @@ def with_output_biases(spec: ArchSpec) -> ArchSpec:
     layers = []
     for layer in spec.layers:
         kept = pruned_inputs(layer, spec)
-        layers.append(replace(layer, attention_out_bias=layer.attention_out_bias or "o_proj" in kept,
-                              mlp_out_bias=layer.mlp_out_bias or "down_proj" in kept))
+        layers.append(replace(layer, attention_out_bias=layer.attention_out_bias or ATTENTION_OUTPUT in kept,
+                              mlp_out_bias=layer.mlp_out_bias or MLP_OUTPUT in kept))
     return replace(spec, layers=tuple(layers)).validate()
 
 
 # ---- results ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReformSettings:
-    method: str = "admm"  # one of reformation.REFORM_METHODS
+    method: str = "admm"  # one of projection_corrections.REFORM_METHODS
     rho: float = ADMM_RHO
     iterations: int = ADMM_ITERATIONS
     sequential: bool = True
@@ -89,7 +86,7 @@ class ReformSettings:
 class ProjectionReport:
     position: int  # layer index in the sculpted model
     source: int  # layer index in the source model
-    module: str  # o_proj or down_proj
+    module: str  # ATTENTION_OUTPUT or MLP_OUTPUT
     inputs: int  # input units of the dense projection
     kept: int
     error_before: float  # E||W x_K - W x||^2 / E||W x||^2 with the plain pruned weights
@@ -144,7 +141,7 @@ def reform_sculpted(sculpted: nn.Module, dense: nn.Module, spec: ArchSpec, windo
             work = _SequentialLayer(adapter, stream, dense_layers[step.dense_index], layers[step.position], step.spec)
         else:
             work = _OriginalLayer(adapter, stream, dense_layers[step.dense_index], step.kept)
-        for module in PROJECTIONS:
+        for module in OUTPUT_PROJECTIONS:
             started = time.perf_counter()
             moments = work.collect(module, step.kept.get(module))
             statistics_s = reformer.lap("statistics", started)
@@ -155,11 +152,6 @@ def reform_sculpted(sculpted: nn.Module, dense: nn.Module, spec: ArchSpec, windo
             work.advance(module)
             reformer.lap("stream", started)
     return reformer.finish()
-
-
-def output_projection(adapter: FamilyAdapter, layer: nn.Module, module: str) -> nn.Linear:
-    """The o_proj (module "o_proj") or down_proj (module "down_proj") of `layer`."""
-    return adapter.attention_linears(layer).o if module == "o_proj" else adapter.mlp_linears(layer).down
 
 
 class _Reformer:
@@ -180,11 +172,11 @@ class _Reformer:
     def fix(self, dense_layer: nn.Module, layer: nn.Module, module: str, moments: GramAccumulator, step: _Step,
             statistics_s: float) -> None:
         started, kept, settings = time.perf_counter(), step.kept[module], self.settings
-        original = output_projection(self.adapter, dense_layer, module)
+        original = self.adapter.output_projection(dense_layer, module)
         weight = original.weight.detach().double().cpu()
         second, mean = moments.mean().cpu(), moments.input_mean().cpu()
         fix = reform_columns(settings.method, weight, second, mean, kept, settings.rho, settings.iterations)
-        target = output_projection(self.adapter, layer, module)
+        target = self.adapter.output_projection(layer, module)
         self._store(target.weight, fix.weight)
         if fix.bias is not None:
             if target.bias is None:
@@ -219,7 +211,7 @@ class _SequentialLayer:
 
     def _run(self, layer: nn.Module, module: str, hidden: torch.Tensor) -> torch.Tensor:
         """The residual branch of `module`'s sublayer of `layer` (sculpted or dense) on `hidden`."""
-        attention = module == "o_proj"
+        attention = module == ATTENTION_OUTPUT
         mode = self.spec.attention if attention else self.spec.mlp
         norm = (self.adapter.attention_norm if attention else self.adapter.mlp_norm)(self.layer)
         sublayer = (self.adapter.attention if attention else self.adapter.mlp)(layer)
@@ -232,7 +224,7 @@ class _SequentialLayer:
     def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
         if kept is None:
             return None
-        projection = output_projection(self.adapter, self.dense_layer, module)
+        projection = self.adapter.output_projection(self.dense_layer, module)
         moments, self.kept_inputs = GramAccumulator(), []
         for hidden in self.stream.hidden:
             x = projection_input(projection, lambda: self._run(self.dense_layer, module, hidden))
@@ -241,12 +233,12 @@ class _SequentialLayer:
         return moments
 
     def advance(self, module: str) -> None:
-        if (self.spec.attention if module == "o_proj" else self.spec.mlp) == "skip":
+        if (self.spec.attention if module == ATTENTION_OUTPUT else self.spec.mlp) == "skip":
             return
         hidden = self.stream.hidden
         for i, h in enumerate(hidden):
             if self.kept_inputs is not None:  # the corrected projection on the stored kept inputs
-                out = output_projection(self.adapter, self.layer, module)(self.kept_inputs[i])
+                out = self.adapter.output_projection(self.layer, module)(self.kept_inputs[i])
                 self.kept_inputs[i] = None  # free as we go
             else:
                 out = self._run(self.layer, module, h)
@@ -260,16 +252,16 @@ class _OriginalLayer:
     def __init__(self, adapter: FamilyAdapter, stream: LayerStream, dense_layer: nn.Module,
                  kept: dict[str, torch.Tensor]) -> None:
         self.stream, self.dense_layer = stream, dense_layer
-        self.projections = {name: output_projection(adapter, dense_layer, name) for name in kept}
+        self.projections = {name: adapter.output_projection(dense_layer, name) for name in kept}
         self.moments: dict[str, GramAccumulator] = {}
 
     def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
-        if module == PROJECTIONS[0]:  # one dense pass gives every statistic and the layer's output
+        if module == OUTPUT_PROJECTIONS[0]:  # one dense pass gives every statistic and the layer's output
             self.moments = {name: GramAccumulator() for name in self.projections}
             with capture_inputs(self.projections, lambda name, x: self.moments[name].add(x)):
                 self.outputs = self.stream.run(self.dense_layer)
         return self.moments.get(module)
 
     def advance(self, module: str) -> None:
-        if module == PROJECTIONS[-1]:
+        if module == OUTPUT_PROJECTIONS[-1]:
             self.stream.advance(self.outputs)

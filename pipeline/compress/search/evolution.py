@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from pipeline.errors import SculptError
 from pipeline.models.loading import cache_root
+from pipeline.models.adapters import MLP_OUTPUT
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import ArchSpec, BaseDims
 from .candidate_scorer import CandidateScorer
@@ -295,7 +296,7 @@ def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ..
     channels: list[torch.Tensor] = []  # the greedy channel scores
 
     def keep_statistics(index: int, grams: dict[str, GramAccumulator], scores: LayerImportance) -> None:
-        down, gram = downs[index].weight.detach(), grams["down_proj"].mean()
+        down, gram = downs[index].weight.detach(), grams[MLP_OUTPUT].mean()
         if greedy:
             channels.append(greedy_channel_scores(down, gram, fishers[index]))
         if widths:

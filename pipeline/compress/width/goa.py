@@ -3,12 +3,12 @@
 The paper's formulas could not be retrieved (see docs/goa.md); this follows its stated design
 with criteria we derived from its objective, approximating each layer's output:
 
-* depth-2 units: a query head with its o_proj columns (V->O), and an MLP channel with its
-  gate/up rows and down_proj column; every layer keeps the same GQA-legal shape;
+* depth-2 units: a query head with its output-projection columns (V->O), and an MLP channel with its
+  gate/up rows and down-projection column; every layer keeps the same GQA-legal shape;
 * heads: greedy removal on the Gram matrix of the heads' output contributions (the
   "similarity-based" head metric); channels: E[a_j^2] ||W_down[:, j]||^2 (the
   "second-moment" metric), or the same greedy rule with `channel_rule: greedy`;
-* reconstruction, two steps: the kept o_proj/down_proj columns are refit by least squares
+* reconstruction, two steps: the kept output-projection columns are refit by least squares
   so they absorb the removed units' contribution (before the units go), and the pass is
   sequential, so each layer is scored and refit on the outputs of the already pruned and
   reconstructed layers before it (greedy, layer by layer).
@@ -32,7 +32,7 @@ from pipeline.compress.calibration.projection_statistics import InputStatistics,
 
 class GoaOptions(WidthOptions):
     channel_rule: Literal["second-moment", "greedy"] = "second-moment"  # MLP criterion (heads are always greedy)
-    reconstruct: bool = True  # least-squares refit of the kept o_proj/down_proj columns
+    reconstruct: bool = True  # least-squares refit of the kept output-projection columns
     sequential: bool = True  # score and refit each layer on the pruned model's own activations
 
 

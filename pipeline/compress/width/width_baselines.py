@@ -39,7 +39,7 @@ class WandaSpOptions(WidthOptions):
     sequential: bool = True  # as FLAP's prune_wanda_sp: each layer is scored on the pruned model's activations
 
 
-@register("wanda-sp", "structured Wanda: mean |W| x activation norm of each o_proj/down_proj input column, "
+@register("wanda-sp", "structured Wanda: mean |W| x activation norm of each output-projection input column, "
                       "same ratio in every layer", WandaSpOptions)
 def run_wanda_sp(ctx: MethodContext, ratio: float, options: WandaSpOptions) -> MethodResult:
     hd, gs = ctx.base.head_dim, ctx.base.group_size
@@ -59,7 +59,7 @@ class FlapOptions(MethodOptions):
     mlp_multiple: int = Field(DEFAULT_MLP_MULTIPLE, ge=1)
 
 
-@register("flap", "FLAP: fluctuation of o_proj/down_proj inputs, standardised and ranked across all layers "
+@register("flap", "FLAP: fluctuation of output-projection inputs, standardised and ranked across all layers "
                   "(KV groups and channels by parameter cost), with bias compensation", FlapOptions)
 def run_flap(ctx: MethodContext, ratio: float, options: FlapOptions) -> MethodResult:
     hd, gs = ctx.base.head_dim, ctx.base.group_size

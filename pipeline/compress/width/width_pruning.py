@@ -2,7 +2,7 @@
 
 magnitude, wanda-sp, flap and goa differ only in how they score a layer's units (per query
 head, KV group and MLP channel), how many units each layer keeps (uniform or global, see
-`width_allocation`) and how they correct o_proj/down_proj afterwards (nothing, a least-squares
+`layer_plans`) and how they correct the output projections afterwards (nothing, a least-squares
 refit, a compensating bias). This module is the loop they share: statistics from one streamed
 pass, a GQA-legal LayerSpec per layer, and the corrected tensors named as in the sliced model.
 """
@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
 from pipeline.models.slicing import head_rows
 from pipeline.models.spec import ArchSpec, BaseDims, LayerSpec
 from pipeline.compress.importance.obs_importance import LayerImportance
@@ -90,15 +91,16 @@ def cut_layer(adapter, base: BaseDims, index: int, layer: nn.Module, importance:
     return LayerCut(spec, LayerEdit(attention, mlp))
 
 
-def sliced_weights(cuts: list[LayerCut], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def sliced_weights(adapter: FamilyAdapter, cuts: list[LayerCut], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The corrected tensors of every layer, named as in the sliced model (position = index in the spec)."""
     weights = {}
     for pos, cut in enumerate(cuts):
-        for prefix, edit in (("self_attn.o_proj", cut.edit.attention), ("mlp.down_proj", cut.edit.mlp)):
+        for role, edit in ((ATTENTION_OUTPUT, cut.edit.attention), (MLP_OUTPUT, cut.edit.mlp)):
+            name = adapter.output_projection_name(pos, role)
             if edit.weight is not None:
-                weights[f"model.layers.{pos}.{prefix}.weight"] = edit.weight.to(dtype).contiguous()
+                weights[f"{name}.weight"] = edit.weight.to(dtype).contiguous()
             if edit.bias is not None:
-                weights[f"model.layers.{pos}.{prefix}.bias"] = edit.bias.to(dtype).contiguous()
+                weights[f"{name}.bias"] = edit.bias.to(dtype).contiguous()
     return weights
 
 
@@ -130,7 +132,7 @@ def cut_layers(ctx: MethodContext, plans: list[LayerPlan], scoring: ScoringRule,
 def width_result(ctx: MethodContext, cuts: list[LayerCut], notes: dict, metrics: dict | None = None) -> MethodResult:
     spec = ArchSpec(ctx.base, tuple(cut.spec for cut in cuts), notes=notes).validate()
     dtype = ctx.adapter.embed_tokens(ctx.model).weight.dtype
-    return MethodResult(spec=spec, weights=sliced_weights(cuts, dtype), metrics=dict(metrics or {}))
+    return MethodResult(spec=spec, weights=sliced_weights(ctx.adapter, cuts, dtype), metrics=dict(metrics or {}))
 
 
 def prune_uniformly(ctx: MethodContext, ratio: float, options: WidthOptions, scoring: ScoringRule,
