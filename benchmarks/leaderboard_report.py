@@ -10,6 +10,7 @@ from pathlib import Path
 
 from benchmarks.charts import ppl_vs_ratio, series_styles
 from pipeline.errors import SculptError
+from pipeline.paths import atomic_write_json
 
 RESULTS = "results.json"
 FORMAT = "llm-sculpt/leaderboard"
@@ -34,10 +35,7 @@ def load_results(out: Path, settings: dict) -> dict:
 
 def save_results(out: Path, results: dict) -> None:
     """Write atomically: an interrupted write never loses what was measured."""
-    path = out / RESULTS
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(partial, path)
+    atomic_write_json(out / RESULTS, results, indent=1)
 
 
 def machine() -> dict:

@@ -12,8 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.artifacts.hashing import sha256_file
-from pipeline.models.loading import cache_root
+from pipeline.paths import cache_root, sha256_file
 
 from . import trt_engine
 from .trt_plan import BuildPlan

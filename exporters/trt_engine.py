@@ -61,6 +61,7 @@ def read_bytes(path):
     return b""
 
 
+# Not pipeline.paths.sha256_file: this file ships alone in the edge kit, without llm-sculpt.
 def sha256_file(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -18,7 +18,8 @@ from .artifacts import Artifact, latest_version, read_manifest
 from .compress import get_method, parse_options
 from .data import load_corpus, resolve_data_dir
 from .errors import GateFailure, SculptError
-from .models.loading import describe_source, file_sha256
+from .models.loading import describe_source
+from .paths import sha256_file
 from .recipe import Recipe, build_recipe
 from .stages import STAGE_NAMES, STAGES, StageContext
 
@@ -44,7 +45,7 @@ def source_record(ref: str) -> dict:
     record = {"id": described.get("id") or described["path"], "kind": described["kind"],
               **{k: v for k, v in described.items() if k not in ("id", "kind")}}
     if described["kind"] == "gguf":
-        record["sha256"] = file_sha256(Path(described["path"]))
+        record["sha256"] = sha256_file(Path(described["path"]))
     return record
 
 

@@ -12,7 +12,6 @@
 The manifest schema is documented in docs/manifest.md.
 """
 
-from .hashing import sha256_file
 from .manifest import (PIPELINE, SCHEMA, SCHEMA_VERSION, Manifest, OutputFile, SourceModel, StageRecord,
                        library_versions, read_manifest)
 from .store import Artifact, StageRun
@@ -23,5 +22,5 @@ from .versions import MANIFEST_NAME, latest_version, list_versions, parse_versio
 __all__ = [
     "MANIFEST_NAME", "PIPELINE", "SCHEMA", "SCHEMA_VERSION", "Artifact", "Manifest", "OutputFile", "SourceModel",
     "StageRecord", "StageRun", "format_summary", "latest_version", "library_versions", "list_versions",
-    "parse_version", "read_manifest", "sha256_file", "summary", "verify", "version_name",
+    "parse_version", "read_manifest", "summary", "verify", "version_name",
 ]

@@ -1,4 +1,4 @@
-"""File hashes, in chunks (weights can be many GB), and the artifact's content hash."""
+"""The artifact's files, their recorded names and its content hash (file hashes: `pipeline.paths`)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import SculptError
-
-CHUNK_BYTES = 8 << 20
-
-
-def sha256_file(path: str | os.PathLike, *, fsync: bool = False) -> str:
-    """The hex sha256 of a file, read in chunks; `fsync=True` also flushes it to disk."""
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK_BYTES)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as file:
-        while count := file.readinto(buffer):
-            digest.update(view[:count])
-        if fsync:
-            os.fsync(file.fileno())
-    return digest.hexdigest()
 
 
 def tree_files(directory: Path) -> list[Path]:
@@ -52,16 +37,3 @@ def content_hash(listing: Iterable[tuple[str, str]]) -> str:
     lines = "".join(f"{sha}  {name}\n" for name, sha in sorted(listing))
     return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames inside `directory` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import platform
-import secrets
 from datetime import datetime, timezone
 from enum import Enum
 from functools import lru_cache
@@ -17,7 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import SculptError
-from .hashing import content_hash, fsync_dir
+from ..paths import atomic_write_text
+from .hashing import content_hash
 from .versions import MANIFEST_NAME
 
 SCHEMA = "llm-sculpt/manifest"
@@ -231,16 +231,4 @@ def _not_an_artifact(path: Path) -> str:
 
 def write_manifest(version_dir: Path, manifest: Manifest) -> None:
     """Replace `manifest.json` atomically: a reader sees the old or the new file, never half of one."""
-    text = manifest.to_json()
-    temp = version_dir / f".tmp-manifest-{secrets.token_hex(4)}.json"
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, version_dir / MANIFEST_NAME)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_dir(version_dir)
+    atomic_write_text(version_dir / MANIFEST_NAME, manifest.to_json(), fsync=True)

@@ -7,11 +7,12 @@ created, and `verify` checks that it still says the same thing.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..paths import atomic_write_text
 
 RECIPE_NAME = "recipe.yaml"
 _HEADER = ("# The recipe this artifact version was made with (the same as manifest.json's \"recipe\").\n"
@@ -20,9 +21,7 @@ _HEADER = ("# The recipe this artifact version was made with (the same as manife
 
 def write_recipe_copy(version_dir: Path, recipe: dict[str, Any]) -> None:
     text = _HEADER + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
-    temp = version_dir / f".tmp-recipe-{secrets.token_hex(4)}.yaml"
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, version_dir / RECIPE_NAME)
+    atomic_write_text(version_dir / RECIPE_NAME, text)
 
 
 def recipe_copy_problems(version_dir: Path, recipe: dict[str, Any]) -> list[str]:

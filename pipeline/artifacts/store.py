@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import SculptError
-from .hashing import content_hash, fsync_dir, relative_name, sha256_file, tree_files
+from ..paths import fsync_dir, sha256_file
+from .hashing import content_hash, relative_name, tree_files
 from .locking import WriterLock
 from .recipe_copy import write_recipe_copy
 from .manifest import (Manifest, OutputFile, SourceModel, StageRecord, library_versions, llm_sculpt_version,

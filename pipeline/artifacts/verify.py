@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..errors import SculptError
-from .hashing import content_hash, sha256_file
+from ..paths import sha256_file
+from .hashing import content_hash
 from .manifest import PIPELINE, Manifest, read_manifest
 from .recipe_copy import recipe_copy_problems
 

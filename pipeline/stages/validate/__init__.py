@@ -20,11 +20,11 @@ from validators.gates import check_baseline, check_gates
 from validators.parity import compare_runners, prompt_ids
 from validators.runners import TorchRunner
 
-from ...artifacts.hashing import sha256_file
 from ...artifacts.manifest import StageRecord, to_jsonable
 from ...data import evaluation_ids, load_corpus
 from ...errors import SculptError
 from ...models.loading import describe_source
+from ...paths import sha256_file
 from ..context import StageContext
 from . import source_cache
 from .baseline import Baseline, comparability_problem, load_baseline

@@ -13,14 +13,12 @@ import hashlib
 import json
 import os
 import platform
-import secrets
 from pathlib import Path
 from typing import Any
 
 from ...artifacts import library_versions
-from ...artifacts.hashing import sha256_file
 from ...artifacts.manifest import utc_now
-from ...models.loading import cache_root
+from ...paths import atomic_write_json, cache_root, cpu_name, sha256_file
 
 CACHE_SCHEMA = 1
 CACHE_DIR = "validate-source"
@@ -38,22 +36,11 @@ def machine() -> dict[str, Any]:
     """What timings depend on besides the settings: the host, its CPU, the threads torch uses, the GPU."""
     import torch
 
-    info = {"host": platform.node(), "arch": platform.machine(), "cpu": _cpu_name(), "cpus": os.cpu_count(),
+    info = {"host": platform.node(), "arch": platform.machine(), "cpu": cpu_name(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cache_key(fingerprint: str, evaluation: dict[str, Any], workload: dict[str, Any], model: dict[str, Any]
@@ -84,8 +71,6 @@ def load(key: dict[str, Any]) -> dict[str, Any] | None:
 
 def save(key: dict[str, Any], measurements: dict[str, Any]) -> Path:
     path = cache_file(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp-{secrets.token_hex(4)}-{path.name}")
-    temp.write_text(json.dumps({"key": key, "measured_at": utc_now(), "source": measurements}, indent=1) + "\n")
-    os.replace(temp, path)  # readers see the old entry or the new one, never half of one
+    # readers see the old entry or the new one, never half of one
+    atomic_write_json(path, {"key": key, "measured_at": utc_now(), "source": measurements}, indent=1)
     return path
