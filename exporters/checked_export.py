@@ -12,11 +12,12 @@ from typing import Callable
 
 from torch import nn
 
+from pipeline.targets import TRT_TARGETS
 from validators.ort_runner import OrtRunner
 
 from .onnx_export import PRECISIONS, export_copy, as_sculpted, export_model
 from .parity import check_parity
-from .trt_lint import TARGETS, lint
+from .trt_lint import lint
 
 
 def export_checked(model: nn.Module, directory: Path, precision: str = "fp32", opset: int = 18,
@@ -32,7 +33,7 @@ def export_checked(model: nn.Module, directory: Path, precision: str = "fp32", o
                           greedy_tokens=check_tokens)
     (directory / "parity.json").write_text(json.dumps(parity.as_dict(), indent=1) + "\n")
     parity.require()
-    reports = {target: lint(graph.path, target) for target in TARGETS}
+    reports = {target: lint(graph.path, target) for target in TRT_TARGETS}
     (directory / "lint.json").write_text(json.dumps({t: r.as_dict() for t, r in reports.items()}, indent=1) + "\n")
     return {"precision": precision, "opset": opset, "onnx_bytes": graph.bytes, "external_data": graph.external_data,
             "export_s": round(graph.seconds, 1), "fp32_pinned_ops": graph.fp32_pinned,

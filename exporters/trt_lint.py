@@ -18,9 +18,9 @@ from typing import Mapping
 import onnx
 
 from pipeline.errors import SculptError
+from pipeline.targets import TRT_TARGETS
 
 TABLES = Path(__file__).with_name("trt_ops")
-TARGETS = ("trt-10.3", "trt-10.x", "trt-11")
 STANDARD_DOMAINS = ("", "ai.onnx")
 ORT_DOMAINS = ("com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "ai.onnx.contrib",
                "com.microsoft.extensions", "ai.onnx.ml")
@@ -81,8 +81,8 @@ class LintReport:
 @lru_cache(maxsize=None)
 def load_table(target: str) -> dict:
     path = TABLES / f"{target}.json"
-    if target not in TARGETS or not path.is_file():
-        raise SculptError(f"unknown TensorRT target {target!r}: choose one of {', '.join(TARGETS)}")
+    if target not in TRT_TARGETS or not path.is_file():
+        raise SculptError(f"unknown TensorRT target {target!r}: choose one of {', '.join(TRT_TARGETS)}")
     return json.loads(path.read_text())
 
 

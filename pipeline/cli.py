@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .errors import GateFailure, SculptError
+from .targets import TRT_TARGETS
 
 # (flag, recipe key, click type, help)
 RECIPE_FLAGS = [
@@ -44,7 +45,7 @@ RECIPE_FLAGS = [
     ("--export-precision", "export.precision", click.Choice(["fp32", "fp16"]),
      "ONNX precision (fp16 keeps norms and softmax in fp32)."),
     ("--opset", "export.opset", int, "ONNX opset (18 for TensorRT 10.3 / JetPack 6)."),
-    ("--trt-target", "build.target", click.Choice(["trt-10.3", "trt-10.x", "trt-11"]),
+    ("--trt-target", "build.target", click.Choice(TRT_TARGETS),
      "TensorRT version the edge kit and the lint aim at."),
     ("--build-precision", "build.precision", click.Choice(["fp32", "fp16", "bf16"]), "TensorRT engine precision."),
     ("--out", "output", str, "Root directory of artifact versions."),
@@ -210,14 +211,14 @@ _stage_command("validate", """Measure ARTIFACT's sculpted model on every availab
 
 @cli.command()
 @click.argument("onnx_path", metavar="PATH", type=click.Path(exists=True))
-@click.option("--target", "targets", multiple=True, type=click.Choice(["trt-10.3", "trt-10.x", "trt-11"]),
+@click.option("--target", "targets", multiple=True, type=click.Choice(TRT_TARGETS),
               help="TensorRT version to check against (repeatable; default: all).")
 def lint(onnx_path, targets) -> None:
     """Check an ONNX graph (a .onnx file, an export directory or an artifact) against TensorRT's ONNX parser.
 
     Exit status 1 when any target would refuse the graph.
     """
-    from exporters.trt_lint import TARGETS, lint as lint_graph
+    from exporters.trt_lint import lint as lint_graph
 
     path = Path(onnx_path)
     for candidate in (path / "export" / "model.onnx", path / "model.onnx"):
@@ -226,7 +227,7 @@ def lint(onnx_path, targets) -> None:
             break
     if path.is_dir():
         raise SculptError(f"{onnx_path} holds no model.onnx: pass an ONNX file, an export directory or an artifact")
-    reports = [lint_graph(path, target) for target in (targets or TARGETS)]
+    reports = [lint_graph(path, target) for target in (targets or TRT_TARGETS)]
     for report in reports:
         click.echo("\n".join(report.lines()))
     failed = [report.target for report in reports if not report.ok]

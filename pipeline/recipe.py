@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SculptError
+from .targets import BACKEND_NAMES, TRT_TARGETS
 
 
 class Section(BaseModel):
@@ -59,7 +60,7 @@ class ExportSection(Section):
 
 
 class BuildSection(Section):
-    target: Literal["trt-10.3", "trt-10.x", "trt-11"] = "trt-10.3"  # TensorRT the kit and the lint aim at
+    target: Literal[TRT_TARGETS] = "trt-10.3"  # TensorRT the kit and the lint aim at
     precision: Literal["fp32", "fp16", "bf16"] = "fp16"  # fp32 graph: a TensorRT 10 builder flag; fp16 graph: as is
     batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max sequences per call
     prompt: tuple[int, int, int] = (1, 128, 512)  # min, opt, max prompt tokens (prefill profile)
@@ -69,9 +70,6 @@ class BuildSection(Section):
     version_compatible: bool = False  # engine runs on later TensorRT runtimes (lean runtime inside; can be slower)
     hardware_compatibility: Literal["none", "ampere+"] = "none"  # ampere+: one engine for every Ampere-or-newer GPU
     optimization_level: int | None = Field(None, ge=0, le=5)  # builder optimization level; null = TensorRT's default
-
-
-BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
 
 
 def _comma_list(value: Any) -> Any:
@@ -109,7 +107,7 @@ class ValidateSection(Section):
     seq_len: int = Field(2048, ge=2)  # evaluation window length (2048 in the papers)
     max_windows: int | None = Field(8, ge=0)  # cap on evaluation windows; 0 or null = the whole evaluation split
     compare_source: bool = True  # also measure the source model, for perplexity before/after
-    backends: list[Literal["torch", "onnxruntime", "tensorrt"]] | Literal["auto"] = "auto"  # "auto" = every backend available for the artifact; a list = these, each required
+    backends: list[Literal[BACKEND_NAMES]] | Literal["auto"] = "auto"  # "auto" = every backend available for the artifact; a list = these, each required
     prefill_lengths: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128, 512], min_length=1)  # prompt lengths whose prefill latency is timed
     decode_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 4], min_length=1)  # batch sizes whose decode tokens/s is timed
     decode_prompt_len: int = Field(32, ge=1)  # prompt tokens before the timed decode steps

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import SculptError
+from pipeline.targets import BACKEND_NAMES
 
 from .runners import MeasuredRunner
 
-BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 

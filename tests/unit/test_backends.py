@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import SculptError
+from pipeline.targets import BACKEND_NAMES
 from tests.factories import tiny_checkpoint
-from validators.backends import ModelFiles, open_runner, resolve_backends
+from validators.backends import BACKENDS, ModelFiles, open_runner, resolve_backends
 
 
 @pytest.fixture()
 def files(tmp_path):
     return ModelFiles(checkpoint=tiny_checkpoint(tmp_path / "model"))
+
+
+def test_every_backend_name_has_a_backend():
+    assert tuple(BACKENDS) == BACKEND_NAMES
 
 
 def test_a_sliced_artifact_is_measured_with_torch_and_says_why_not_the_others(files):

@@ -26,6 +26,9 @@ def test_overrides_replace_file_values(tmp_path):
     ("search:\n  ratio: 0\n", "search.ratio"),
     ("search: [1, 2\n", "not valid YAML at line"),
     ("- 1\n- 2\n", "mapping of sections"),
+    # the choices come from pipeline.targets, and the message still lists them
+    ("build:\n  target: trt-9\n", "build.target: Input should be 'trt-10.3', 'trt-10.x' or 'trt-11'"),
+    ("validate:\n  backends: [torch, tvm]\n", "Input should be 'torch', 'onnxruntime' or 'tensorrt'"),
 ])
 def test_bad_recipes_name_the_problem(tmp_path, text, words):
     path = tmp_path / "bad.yaml"

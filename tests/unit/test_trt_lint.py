@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from exporters.trt_lint import TABLES, TARGETS, lint, load_table
+from exporters.trt_lint import TABLES, lint, load_table
+from pipeline.targets import TRT_TARGETS
 from pipeline.cli import cli
 from pipeline.errors import SculptError
 
@@ -32,7 +33,7 @@ Y = tensor("y", ["batch", 4])
 
 def test_a_plain_graph_passes_everywhere():
     graph = model([helper.make_node("Relu", ["x"], ["y"])], [X], [Y])
-    for target in TARGETS:
+    for target in TRT_TARGETS:
         assert lint(graph, target).ok and not lint(graph, target).findings
 
 
@@ -138,14 +139,14 @@ def test_profiles_must_cover_every_input_and_respect_fixed_axes():
 
 
 def test_operator_tables_record_their_sources_and_grow_with_the_version():
-    tables = {target: load_table(target) for target in TARGETS}
+    tables = {target: load_table(target) for target in TRT_TARGETS}
     for table in tables.values():
         assert table["sources"] and all("url" in source for source in table["sources"])
         assert table["derivation"]
     assert set(tables["trt-10.3"]["supported"]) < set(tables["trt-10.x"]["supported"]) <= set(
         tables["trt-11"]["supported"])
     assert not {"SplitToSequence", "SequenceAt"} & set(tables["trt-11"]["supported"])
-    assert sorted(p.stem for p in TABLES.glob("*.json")) == sorted(TARGETS)
+    assert sorted(p.stem for p in TABLES.glob("*.json")) == sorted(TRT_TARGETS)
     with pytest.raises(SculptError, match="unknown TensorRT target"):
         load_table("trt-7")
 

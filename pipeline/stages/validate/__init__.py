@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from validators.backends import BACKEND_NAMES, ModelFiles, open_runner, resolve_backends
+from validators.backends import ModelFiles, open_runner, resolve_backends
 from validators.gates import check_baseline, check_gates
 from validators.parity import compare_runners, prompt_ids
 from validators.runners import TorchRunner
@@ -25,6 +25,7 @@ from ...data import evaluation_ids, load_corpus
 from ...errors import SculptError
 from ...models.loading import describe_source
 from ...paths import sha256_file
+from ...targets import BACKEND_NAMES
 from ..context import StageContext
 from . import source_cache
 from .baseline import Baseline, comparability_problem, load_baseline
