@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.calibration_args import add_calibration_arguments, load_calibration  # noqa: E402
 from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity  # noqa: E402
-from pipeline.compress.search.evolution import reformed_model  # noqa: E402
+from pipeline.compress.search.final_choice import reformed_model  # noqa: E402
 from pipeline.data import calibration_windows  # noqa: E402
 from pipeline.models.spec import ArchSpec, decoder_ratio  # noqa: E402
 

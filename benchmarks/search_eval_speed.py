@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from pipeline.compress.search.candidate_scorer import CandidateScorer  # noqa: E402
 from pipeline.compress.search.generations import EvolutionOptions, search_space  # noqa: E402
 from pipeline.compress.search.genome import Rates, genome_spec, mutate, repair  # noqa: E402
-from pipeline.compress.search.evolution import fitness_windows, make_budget, seed_genomes  # noqa: E402
+from pipeline.compress.search.evolution import fitness_windows  # noqa: E402
+from pipeline.compress.search.seeds import make_budget, seed_genomes  # noqa: E402
 from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity  # noqa: E402
 from pipeline.compress.importance.obs_importance import layer_importance  # noqa: E402
 from pipeline.data import calibration_windows, load_corpus  # noqa: E402

@@ -8,8 +8,7 @@ themselves here when `pipeline.compress` is imported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -25,6 +24,16 @@ class MethodOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Store(Protocol):
+    """Named values kept outside a method: the search stage backs each with a folder (pipeline/stages/
+    method_store.py), so methods stay free of file I/O. A name's suffix says the form: `.json`, `.jsonl` (a list
+    of JSON rows) or `.pt` (tensors). `save` is atomic: a reader sees the old value or the new one."""
+
+    def load(self, name: str) -> Any | None: ...  # None when nothing was saved under `name` or it is unreadable
+
+    def save(self, name: str, value: Any) -> None: ...
+
+
 @dataclass
 class MethodContext:
     model: Any  # the dense source model, eval mode
@@ -34,9 +43,20 @@ class MethodContext:
     calibration: torch.Tensor  # [n, L] token windows from the calibration split
     seed: int = 0
     progress: bool = True
-    out_dir: Path | None = None  # where a method may write extra files (logs, plots) for the artifact
-    state_dir: Path | None = None  # survives interruption: checkpoints for resuming long methods
+    outputs: Store | None = None  # extra results for the artifact (logs, tables): the stage's output folder
+    state: Store | None = None  # survives interruption: checkpoints for resuming long methods
+    cache: Store | None = None  # shared by every run on this machine (e.g. latency tables), keyed by what they hold
+    machine: str = ""  # the processor, for what is measured on it (latency tables)
     batch_size: int = 1
+
+
+@dataclass
+class Convergence:
+    """A search's generations, for the stage to chart: `history` rows as written to its log."""
+
+    chart: str  # file name of the chart, e.g. convergence.png
+    title: str
+    history: list[dict]
 
 
 @dataclass
@@ -45,6 +65,7 @@ class MethodResult:
     # Tensors for the sliced model, named as in SculptedForCausalLM (e.g. a trained replacement's weights).
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    convergence: list[Convergence] = field(default_factory=list)  # searches' generations, charted by the stage
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """search: pick the architecture (an ArchSpec with keep-indices) with the recipe's method.
 
 Writes `search/arch.json` and, for methods that fit new weights (e.g. a trained
-replacement), `search/weights.safetensors`.
+replacement), `search/weights.safetensors`; what a method keeps (logs, checkpoints, cached
+tables) goes through the folder stores it is given (method_store.py), and a search's
+generations become convergence charts here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from safetensors.torch import save_file
 from ..compress import MethodContext, get_method, parse_options
 from ..models.adapters import adapter_for
 from ..models.spec import decoder_parameters, decoder_ratio, dense_decoder_parameters, total_parameters
+from ..paths import cache_root, cpu_name
 from .context import StageContext
+from .convergence_chart import plot_convergence
+from .method_store import FolderStore
 
 NAME = "search"
 
@@ -36,10 +41,13 @@ def run(ctx: StageContext) -> None:
         windows, provenance = ctx.calibration()
         method_ctx = MethodContext(
             model=loaded.model, tokenizer=loaded.tokenizer, adapter=adapter, base=adapter.dims(loaded.model.config),
-            calibration=windows, seed=ctx.recipe.seed, progress=ctx.progress, out_dir=st.dir,
-            state_dir=ctx.resume_dir(NAME), batch_size=ctx.recipe.data.batch_size,
+            calibration=windows, seed=ctx.recipe.seed, progress=ctx.progress, outputs=FolderStore(st.dir),
+            state=FolderStore(ctx.resume_dir(NAME)), cache=FolderStore(cache_root()), machine=cpu_name(),
+            batch_size=ctx.recipe.data.batch_size,
         )
         result = method.run(method_ctx, search.ratio, method_options)
+        for chart in result.convergence:
+            plot_convergence(st.dir / chart.chart, chart.history, chart.title)
         spec = result.spec.validate()
         (st.dir / "arch.json").write_text(spec.to_json() + "\n")
         if result.weights:

@@ -17,13 +17,15 @@ from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import decoder_ratio
 from pipeline.stages.slice import apply_weights
+from pipeline.paths import cache_root
+from pipeline.stages.method_store import FolderStore
 from tests.factories import tiny_model
 from tests.threads import one_thread  # noqa: F401  (autouse)
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    """SLEB keeps its greedy order under the cache root: keep it inside the test's tmp_path."""
+    """SLEB keeps its greedy order in the shared cache: keep it inside the test's tmp_path."""
     monkeypatch.setenv("SCULPT_CACHE_DIR", str(tmp_path / "cache"))
 
 
@@ -34,6 +36,7 @@ def windows(n=8, length=32, seed=0):
 def context(model, calibration=None, **fields):
     adapter = adapter_for(model.config)
     calibration = windows() if calibration is None else calibration
+    fields.setdefault("cache", FolderStore(cache_root()))  # the search stage gives methods the shared cache
     return MethodContext(model, None, adapter, adapter.dims(model.config), calibration, progress=False, **fields)
 
 

@@ -22,6 +22,7 @@ from pipeline.compress.importance.mlp_width_costs import output_gradient_covaria
 from pipeline.compress.registry import MethodContext
 from pipeline.compress.width.legal_widths import attention_shapes, top_units
 from pipeline.models.adapters import adapter_for
+from pipeline.stages.method_store import FolderStore
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import BaseDims, decoder_parameters
 from tests.factories import tiny_model
@@ -184,7 +185,8 @@ def _context(tmp_path, name):
     out.mkdir(parents=True)
     state.mkdir(parents=True)
     return MethodContext(model=model, tokenizer=None, adapter=adapter, base=adapter.dims(model.config),
-                         calibration=windows, seed=7, progress=False, out_dir=out, state_dir=state)
+                         calibration=windows, seed=7, progress=False, outputs=FolderStore(out),
+                         state=FolderStore(state))
 
 
 OPTIONS = EvolutionOptions(population=4, mutations=2, crossovers=1, parents=2, generations=2, fitness_windows=2,
@@ -196,7 +198,7 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
     whole = run_evolution(_context(tmp_path, "whole"), 0.7, OPTIONS)
     log = (tmp_path / "whole" / "out" / "search.jsonl").read_text().splitlines()
     assert [json.loads(row)["generation"] for row in log] == [0, 1, 2]
-    assert (tmp_path / "whole" / "out" / "convergence.png").stat().st_size > 1000
+    assert [row["generation"] for row in whole.convergence[0].history] == [0, 1, 2]
 
     scored, first_generation = [], json.loads(log[0])["scored"]
     original = CandidateScorer.perplexity
@@ -211,7 +213,7 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
     monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_evolution(ctx, 0.7, OPTIONS)
-    checkpoint = json.loads((ctx.state_dir / "evolution.json").read_text())
+    checkpoint = json.loads((ctx.state.folder / "evolution.json").read_text())
     assert 0 <= checkpoint["generation"] < OPTIONS.generations
 
     rescored = []
@@ -227,7 +229,7 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
     assert len(rescored) == whole.metrics["candidates_scored"] - len(checkpoint["seen"])  # nothing scored twice
     assert resumed.spec.to_dict() == whole.spec.to_dict()
     assert resumed.metrics["search_ppl"] == pytest.approx(whole.metrics["search_ppl"], rel=1e-6)
-    rows = [json.loads(r) for r in (ctx.out_dir / "search.jsonl").read_text().splitlines()]
+    rows = [json.loads(r) for r in (ctx.outputs.folder / "search.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in rows] == [0, 1, 2]  # the log still covers every generation
     assert whole.metrics["search_ppl"] <= whole.metrics["seed_ppl"]
 
@@ -235,7 +237,7 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
 def test_a_checkpoint_of_another_search_is_not_resumed(tmp_path):
     ctx = _context(tmp_path, "a")
     run_evolution(ctx, 0.7, OPTIONS)
-    (ctx.state_dir / "evolution.json").write_text(json.dumps({"fingerprint": "other", "generation": 3}))
+    (ctx.state.folder / "evolution.json").write_text(json.dumps({"fingerprint": "other", "generation": 3}))
     again = run_evolution(ctx, 0.7, OPTIONS)
     assert again.metrics["resumed_from_generation"] is None and again.metrics["generations"] == OPTIONS.generations
 
@@ -280,17 +282,18 @@ def test_the_reformed_final_choice_weighs_a_skip_free_track_and_the_uniform_seed
     chosen = [row for row in rows if row["chosen"]]
     assert len(chosen) == 1 and chosen[0]["reformed_ppl"] == min(row["reformed_ppl"] for row in rows)
     assert result.metrics["chosen_track"] == chosen[0]["track"] == result.spec.notes.get("track")
-    assert json.loads((ctx.out_dir / "final_choice.json").read_text()) == rows
+    assert json.loads((ctx.outputs.folder / "final_choice.json").read_text()) == rows
     # the returned architecture is the one scored, after ADMM reform (fitted on the windows before the held-out two)
     fit, held = ctx.calibration[:-2], ctx.calibration[-2:]
     reformed = evolution_method.reformed_perplexity(ctx.model, result.spec, fit, held)
     assert reformed == pytest.approx(chosen[0]["reformed_ppl"], rel=1e-5)
     assert reformed != pytest.approx(calibration_perplexity(slice_model(ctx.model, result.spec), held), rel=1e-4)
     # the skip-free track never skipped a sublayer or removed a layer
-    track = json.loads((ctx.state_dir / "evolution-skip-free.json").read_text())
+    track = json.loads((ctx.state.folder / "evolution-skip-free.json").read_text())
     assert track["parents"] and all(gene.attention and gene.mlp and gene.kept for parent in track["parents"]
                                     for gene in genome_from_dict(parent["genome"]))
-    assert (ctx.out_dir / "search-skip-free.jsonl").is_file() and (ctx.out_dir / "convergence-skip-free.png").is_file()
+    assert (ctx.outputs.folder / "search-skip-free.jsonl").is_file()
+    assert [chart.chart for chart in result.convergence] == ["convergence.png", "convergence-skip-free.png"]
     # the main track is the search a one-track run makes: same best candidate
     alone = run_evolution(_context(tmp_path, "alone"), 0.7, OPTIONS)
     assert result.metrics["tracks"]["main"]["search_ppl"] == pytest.approx(alone.metrics["search_ppl"], rel=1e-6)
@@ -328,7 +331,7 @@ def test_allocated_seeds_keep_a_uniform_seeds_heads_and_size_and_reach_the_final
     options = TRACKS.model_copy(update={"allocated_seeds": True})
     result = run_evolution(ctx, 0.7, options)
     assert sum(row["origin"].startswith("allocated seed") for row in result.metrics["final_choice"]) == 2
-    state = json.loads((ctx.state_dir / "evolution.json").read_text())
+    state = json.loads((ctx.state.folder / "evolution.json").read_text())
     kinds = {kind: [genome_from_dict(s["genome"]) for s in state["seeds"] if s["kind"] == kind]
              for kind in ("uniform", "allocated")}
     assert kinds["uniform"] and kinds["allocated"]
@@ -362,7 +365,7 @@ def test_greedy_selection_seeds_keep_the_channels_greedy_reform_aware_removal_ra
     phi = layer_importance(ctx.model, ctx.adapter, ctx.calibration, 1, False, on_layer=rank)
     # the allocated seeds' width costs price the greedy ranking's widths, not the importance's
     widths = SearchSpace(ctx.base, None, OPTIONS.mlp_multiple).widths()
-    cached = torch.load(ctx.state_dir / "importance.pt", weights_only=True)["width_costs"]
+    cached = torch.load(ctx.state.folder / "importance.pt", weights_only=True)["width_costs"]
     for i, (down, ranked) in enumerate(zip(downs, greedy)):
         order = torch.argsort(ranked, descending=True, stable=True)
         expected = removal_costs(down.weight.detach(), grams_of[i], fishers[i], order, widths)
@@ -373,7 +376,7 @@ def test_greedy_selection_seeds_keep_the_channels_greedy_reform_aware_removal_ra
         return [genome_from_dict(s["genome"]) for s in state["seeds"] if s["kind"] == "uniform"]
 
     differs = False
-    for seed in seeds(ctx.state_dir):
+    for seed in seeds(ctx.state.folder):
         for gene, ranked, scores in zip(seed, greedy, phi):
             width = len(gene.mlp_channels)
             assert gene.mlp_channels == top_units(ranked, width)
@@ -381,5 +384,5 @@ def test_greedy_selection_seeds_keep_the_channels_greedy_reform_aware_removal_ra
     assert differs  # the ranking is not the importance's
     # the importance kept for resuming is per selection: the paper's selection does not reuse the greedy ranking
     run_evolution(ctx, 0.7, OPTIONS)
-    for seed in seeds(ctx.state_dir):
+    for seed in seeds(ctx.state.folder):
         assert all(gene.mlp_channels == top_units(s.mlp_channels, len(gene.mlp_channels)) for gene, s in zip(seed, phi))

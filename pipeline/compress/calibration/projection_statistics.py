@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline.models.adapters import FamilyAdapter
+
 from .layer_stream import GramAccumulator, LayerStream, gram_of_inputs
 
 

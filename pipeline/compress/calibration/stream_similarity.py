@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.models.adapters import FamilyAdapter
+
 from .layer_stream import LayerStream, capture_inputs
 
 

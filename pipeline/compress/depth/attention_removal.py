@@ -14,10 +14,11 @@ cannot go much below 0.76 of the decoder: lower ratios raise a SculptError namin
 
 from __future__ import annotations
 
-from pipeline.models.spec import decoder_ratio
-from .removal_counting import fewest_units_for, spec_without
-from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
 from pipeline.compress.calibration.stream_similarity import sublayer_similarity
+from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
+from pipeline.models.spec import decoder_ratio
+
+from .removal_counting import fewest_units_for, spec_without
 
 HINT = "or a method that also removes MLP channels or whole blocks (e.g. shortgpt, uniform)"
 

@@ -13,19 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.compress.calibration.layer_stream import LayerStream
+from pipeline.compress.calibration.stream_similarity import sublayer_similarity
+from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
+from pipeline.models.spec import decoder_ratio
 from validators.perplexity import summed_nll
 
-from pipeline.models.loading import cache_root
-from pipeline.models.spec import decoder_ratio
 from .removal_counting import fewest_units_for, spec_without
-from pipeline.compress.calibration.layer_stream import LayerStream
-from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
-from pipeline.compress.calibration.stream_similarity import sublayer_similarity
 
 HINT = "or a method that removes heads and channels instead"
 
@@ -53,7 +51,7 @@ def run_shortgpt(ctx: MethodContext, ratio: float, options: MethodOptions) -> Me
 class SLEBOptions(MethodOptions):
     fitness_windows: int = 8  # calibration windows scoring each candidate removal (the paper: 128 x 2048 tokens)
     protect_ends: bool = True  # never remove the first or the last remaining block (the official code's barriers)
-    cache_order: bool = True  # keep the greedy order under the cache root: resumes, and other ratios reuse it
+    cache_order: bool = True  # keep the greedy order in the shared cache: resumes, and other ratios reuse it
 
 
 class BlockSkipScorer:
@@ -121,39 +119,26 @@ def run_sleb(ctx: MethodContext, ratio: float, options: SLEBOptions) -> MethodRe
     # The greedy order does not depend on the ratio: find how many rounds the ratio needs first.
     need = fewest_units_for(ratio, lambda k: decoder_ratio(spec_without(ctx.base, layers=range(1, k + 1))), most,
                             "sleb", "blocks", HINT)
-    cache = _OrderCache(ctx.model, windows, options) if options.cache_order else None
+    cache = ctx.cache if options.cache_order else None
+    name = order_cache_name(ctx.model, windows, options) if cache is not None else ""
+    done = ((cache.load(name) or {}).get("rounds") or []) if cache is not None else []
     scorer = BlockSkipScorer(ctx.model, ctx.adapter, windows, ctx.batch_size)
-    log = greedy_removal_order(scorer, ctx.base.num_layers, need, options.protect_ends,
-                               cache.load() if cache else [], cache.save if cache else None, ctx.progress)[:need]
+    log = greedy_removal_order(scorer, ctx.base.num_layers, need, options.protect_ends, done,
+                               (lambda rounds: cache.save(name, {"rounds": rounds})) if cache is not None else None,
+                               ctx.progress)[:need]
     removed = sorted(r["removed"] for r in log)
     spec = spec_without(ctx.base, layers=removed, notes={"method": "sleb"})
     return MethodResult(spec, metrics={"removed": removed, "removal_order": log,
                                        "fitness_tokens": int(windows.numel())})
 
 
-class _OrderCache:
-    """SLEB's finished rounds, saved after every round under the cache root, keyed by the model's weights,
-    the calibration windows and the options. The greedy order does not depend on the ratio, so an
-    interrupted run resumes and a run at another ratio reuses every round already computed."""
-
-    def __init__(self, model, windows: torch.Tensor, options: SLEBOptions) -> None:
-        digest = hashlib.sha256(json.dumps(options.model_dump(), sort_keys=True).encode())
-        digest.update(windows.numpy().tobytes())
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        self.path = cache_root() / "sleb" / f"{digest.hexdigest()[:32]}.json"
-
-    def load(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        try:
-            return json.loads(self.path.read_text())["rounds"]
-        except (OSError, ValueError, KeyError):
-            return []  # a damaged cache only costs a recomputation
-
-    def save(self, rounds: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps({"rounds": rounds}))
-        os.replace(partial, self.path)
+def order_cache_name(model, windows: torch.Tensor, options: SLEBOptions) -> str:
+    """Where SLEB's finished rounds are kept in the shared cache: keyed by the model's weights, the calibration
+    windows and the options. The greedy order does not depend on the ratio, so an interrupted run resumes and a
+    run at another ratio reuses every round already computed."""
+    digest = hashlib.sha256(json.dumps(options.model_dump(), sort_keys=True).encode())
+    digest.update(windows.numpy().tobytes())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return f"sleb/{digest.hexdigest()[:32]}.json"

@@ -21,14 +21,15 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from pipeline.compress.calibration.stream_similarity import most_similar_span
+from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
+from pipeline.compress.width.legal_widths import top_units
 from pipeline.errors import SculptError
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import ArchSpec, decoder_ratio
+
 from .removal_counting import dense_layer, fewest_units_for, spec_without
-from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
 from .replacement_fit import LINEAR_DAMPING, channel_scores, fit_linear, relative_error, tokens_of, train_layer
-from pipeline.compress.width.legal_widths import top_units
-from pipeline.compress.calibration.stream_similarity import most_similar_span
 
 
 class StreamlineOptions(MethodOptions):

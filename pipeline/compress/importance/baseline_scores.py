@@ -14,8 +14,9 @@ from typing import Literal
 
 import torch
 
-from .obs_importance import LayerImportance, per_head
 from pipeline.compress.calibration.projection_statistics import InputStatistics, LayerStatistics
+
+from .obs_importance import LayerImportance, per_head
 
 FlapMetric = Literal["wifv", "ifv", "wifn"]
 

@@ -25,9 +25,8 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.models.adapters import FamilyAdapter
 from pipeline.compress.reform.projection_corrections import ridged
-
+from pipeline.models.adapters import FamilyAdapter
 
 
 # ---- pure math ---------------------------------------------------------------

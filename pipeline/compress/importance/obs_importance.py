@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
 from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, gram_of_inputs
+from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added before inverting (as SparseGPT)
 

@@ -22,11 +22,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, capture_inputs
 from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, OUTPUT_PROJECTIONS, FamilyAdapter, adapter_for
 from pipeline.models.slicing import head_rows
 from pipeline.models.spec import ArchSpec, LayerSpec
-from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, capture_inputs
+
 from .projection_corrections import ADMM_ITERATIONS, ADMM_RHO, output_error, reform_columns
+
 
 class _Stop(Exception):
     """Ends a module's forward once the wanted input has been seen."""

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline.compress.calibration.layer_stream import LayerStream
+from pipeline.compress.calibration.tensor_cache import TensorLRU
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import sculpted_config, slice_layer
 from pipeline.models.spec import ArchSpec
-from pipeline.compress.calibration.layer_stream import LayerStream
-from pipeline.compress.calibration.tensor_cache import TensorLRU
 
 
 def prefix_keys(spec: ArchSpec) -> list[str]:

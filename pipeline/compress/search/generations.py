@@ -23,12 +23,25 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from pipeline.errors import SculptError
-from pipeline.models.spec import BaseDims
-from .genome import (Budget, Genome, Rates, SearchSpace, UnitScores, crossover, genome_from_dict, genome_key,
-                              genome_ratio, genome_to_dict, mutate, repair)
 from pipeline.compress.registry import MethodOptions
 from pipeline.compress.width.legal_widths import DEFAULT_MLP_MULTIPLE
+from pipeline.errors import SculptError
+from pipeline.models.spec import BaseDims
+
+from .genome import (
+    Budget,
+    Genome,
+    Rates,
+    SearchSpace,
+    UnitScores,
+    crossover,
+    genome_from_dict,
+    genome_key,
+    genome_ratio,
+    genome_to_dict,
+    mutate,
+    repair,
+)
 
 
 class EvolutionOptions(MethodOptions):
@@ -63,7 +76,6 @@ class EvolutionOptions(MethodOptions):
     latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
     latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]
     latency_context: int = Field(512, ge=1)  # KV-cache length the latency table is measured at
-    latency_table: str | None = None  # JSON file to reuse (measured and written there if missing)
     time_limit_min: float | None = Field(None, gt=0)  # stop after the generation that passes it (not reproducible)
     # also run the search with the skip genes off (same seed, its own checkpoint and log): with a reform step, the
     # widths-only search wins at deep cuts and the skipping one at shallow cuts (docs/search.md)

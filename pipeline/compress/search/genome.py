@@ -21,8 +21,15 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from pipeline.models.spec import ArchSpec, BaseDims, LayerSpec, attention_parameters, dense_decoder_parameters, mlp_parameters
 from pipeline.compress.width.legal_widths import AttentionShape
+from pipeline.models.spec import (
+    ArchSpec,
+    BaseDims,
+    LayerSpec,
+    attention_parameters,
+    dense_decoder_parameters,
+    mlp_parameters,
+)
 
 
 @dataclass(frozen=True)

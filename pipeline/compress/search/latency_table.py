@@ -13,7 +13,6 @@ dense step / predicted step.
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,12 +23,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
-from validators.latency import decode_throughput
-
+from pipeline.compress.width.legal_widths import AttentionShape, attention_shapes
 from pipeline.models.modeling_sculpted import SculptedDecoderLayer, family_modules
 from pipeline.models.slicing import sculpted_config
 from pipeline.models.spec import ArchSpec, BaseDims, LayerSpec, layer_parameters
-from pipeline.compress.width.legal_widths import AttentionShape, attention_shapes
+from validators.latency import decode_throughput
 
 Shapes = Iterable[tuple[AttentionShape | None, int]]  # per layer: attention shape (None: skipped), MLP width (0: skipped)
 
@@ -70,18 +68,18 @@ def shape_key(shape: AttentionShape) -> str:
     return f"{shape.num_kv_heads}x{shape.per_group}"
 
 
-def machine_key(model, base: BaseDims, context: int, widths: Iterable[int]) -> dict:
+def machine_key(model, base: BaseDims, context: int, widths: Iterable[int], processor: str) -> dict:
     """What a measured table depends on: reuse a cached table only when all of it matches."""
     parameter = next(model.parameters())
     return {"base": base.to_dict(), "device": str(parameter.device), "dtype": str(parameter.dtype).removeprefix("torch."),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": processor,
             "context": context, "widths": list(widths)}
 
 
 @torch.no_grad()
 def measure_latency_table(model, base: BaseDims, widths: Iterable[int], context: int = 512,
                           stream_bytes: int = 128 * 2**20, repeats: int = 5, steps: int = 8,
-                          progress: bool = True) -> LatencyTable:
+                          progress: bool = True, processor: str = "") -> LatencyTable:
     """Time every attention shape and MLP width of `base` on `model`'s device and dtype."""
     widths = sorted(set(widths))
     shapes = attention_shapes(base)
@@ -103,7 +101,7 @@ def measure_latency_table(model, base: BaseDims, widths: Iterable[int], context:
         bar.update()
     full = attention[shape_key(AttentionShape(base.num_kv_heads, base.group_size))] + mlp[base.intermediate_size]
     return LatencyTable(attention, mlp, constant=dense - base.num_layers * full, dense_step=dense, context=context,
-                        machine=machine_key(model, base, context, widths))
+                        machine=machine_key(model, base, context, widths, processor))
 
 
 def _layer_step(model, base: BaseDims, layer: LayerSpec, context: int, stream_bytes: int, repeats: int,
@@ -146,14 +144,3 @@ def _layer_step(model, base: BaseDims, layer: LayerSpec, context: int, stream_by
 
 def _layer_bytes(base: BaseDims, layer: LayerSpec, element_size: int) -> int:
     return max(1, layer_parameters(base, layer) * element_size)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

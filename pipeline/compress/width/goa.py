@@ -20,14 +20,20 @@ from typing import Literal
 
 import torch
 
+from pipeline.compress.calibration.projection_statistics import InputStatistics, LayerStatistics, ProjectionEdit
 from pipeline.compress.importance.obs_importance import LayerImportance
-from pipeline.compress.importance.output_approximation import contribution_gram, greedy_head_scores, greedy_removal, removal_scores, \
-    second_moment_scores
+from pipeline.compress.importance.output_approximation import (
+    contribution_gram,
+    greedy_head_scores,
+    greedy_removal,
+    removal_scores,
+    second_moment_scores,
+)
 from pipeline.compress.reform.projection_corrections import output_error
 from pipeline.compress.registry import MethodContext, MethodResult, register
+
 from .layer_plans import LayerPlan
 from .width_pruning import WidthOptions, keep_columns, prune_uniformly, refit_columns
-from pipeline.compress.calibration.projection_statistics import InputStatistics, LayerStatistics, ProjectionEdit
 
 
 class GoaOptions(WidthOptions):

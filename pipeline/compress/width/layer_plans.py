@@ -16,6 +16,7 @@ import torch
 
 from pipeline.errors import SculptError
 from pipeline.models.spec import BaseDims, attention_parameters, dense_decoder_parameters, mlp_parameters
+
 from .legal_widths import AttentionShape, nearest_attention_shape, snap_width
 from .uniform import layer_budget, proportional_shape, width_with
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.models.spec import BaseDims, LayerSpec, attention_parameters, mlp_parameters
 from pipeline.compress.importance.obs_importance import LayerImportance
+from pipeline.models.spec import BaseDims, LayerSpec, attention_parameters, mlp_parameters
 
 DEFAULT_MLP_MULTIPLE = 64
 

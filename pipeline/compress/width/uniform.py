@@ -18,14 +18,21 @@ from typing import Literal
 
 from tqdm.auto import tqdm
 
-from pipeline.errors import SculptError
-from pipeline.models.slicing import slice_model
-from pipeline.models.spec import ArchSpec, BaseDims, attention_parameters, mlp_parameters
 from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
 from pipeline.compress.importance.obs_importance import LayerImportance, layer_importance
 from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
-from .legal_widths import (DEFAULT_MLP_MULTIPLE, AttentionShape, attention_shapes, layer_spec, mlp_width_for,
-                        nearest_attention_shape)
+from pipeline.errors import SculptError
+from pipeline.models.slicing import slice_model
+from pipeline.models.spec import ArchSpec, BaseDims, attention_parameters, mlp_parameters
+
+from .legal_widths import (
+    DEFAULT_MLP_MULTIPLE,
+    AttentionShape,
+    attention_shapes,
+    layer_spec,
+    mlp_width_for,
+    nearest_attention_shape,
+)
 
 
 class UniformOptions(MethodOptions):

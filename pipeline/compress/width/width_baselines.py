@@ -12,14 +12,20 @@ from typing import Literal
 
 from pydantic import Field
 
+from pipeline.compress.calibration.projection_statistics import LayerStatistics, stream_statistics
+from pipeline.compress.importance.baseline_scores import (
+    FlapMetric,
+    flap_adaptive_scores,
+    flap_uniform_importance,
+    magnitude_importance,
+    wanda_sp_importance,
+)
 from pipeline.compress.importance.obs_importance import LayerImportance
 from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
-from .legal_widths import DEFAULT_MLP_MULTIPLE
+
 from .layer_plans import global_plan
+from .legal_widths import DEFAULT_MLP_MULTIPLE
 from .width_pruning import WidthOptions, compensate_bias, cut_layer, keep_columns, prune_uniformly, width_result
-from pipeline.compress.importance.baseline_scores import (FlapMetric, flap_adaptive_scores, flap_uniform_importance, magnitude_importance,
-                           wanda_sp_importance)
-from pipeline.compress.calibration.projection_statistics import LayerStatistics, stream_statistics
 
 
 @register("magnitude", "LLM-Pruner's L2 baseline: squared weight norm of each coupled head/channel group, "

@@ -16,15 +16,22 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
-from pipeline.models.slicing import head_rows
-from pipeline.models.spec import ArchSpec, BaseDims, LayerSpec
+from pipeline.compress.calibration.projection_statistics import (
+    InputStatistics,
+    LayerEdit,
+    LayerStatistics,
+    ProjectionEdit,
+    stream_statistics,
+)
 from pipeline.compress.importance.obs_importance import LayerImportance
 from pipeline.compress.reform.projection_corrections import compensation_bias, least_squares_refit
 from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult
-from .legal_widths import DEFAULT_MLP_MULTIPLE, layer_spec
+from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
+from pipeline.models.slicing import head_rows
+from pipeline.models.spec import ArchSpec, BaseDims, LayerSpec
+
 from .layer_plans import LayerPlan, uniform_plan
-from pipeline.compress.calibration.projection_statistics import InputStatistics, LayerEdit, LayerStatistics, ProjectionEdit, stream_statistics
+from .legal_widths import DEFAULT_MLP_MULTIPLE, layer_spec
 
 Statistics = Literal["none", "diagonal", "full"]
 # (layer module, its statistics or None, its plan) -> scores of its heads, KV groups and channels

@@ -1,0 +1,83 @@
+"""The reformed final choice: which of the search's finalists ships, judged as the reform stage will ship it.
+
+Each finalist (every track's best parents, uniform seeds and allocated seeds) is sliced, reformed with the
+reform stage's default sequential ADMM on the calibration windows before the last `final_windows`, and scored
+on those last windows, which neither the fitness nor the reform saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
+from pipeline.compress.reform.sequential_reform import ReformSettings, reform_sculpted
+from pipeline.errors import SculptError
+from pipeline.models.slicing import slice_model
+from pipeline.models.spec import ArchSpec, BaseDims
+
+from .generations import Candidate, EvolutionOptions, EvolutionSearch
+from .genome import genome_ratio, genome_spec
+
+
+@dataclass
+class FinalChoice:
+    track: str
+    candidate: Candidate
+    reformed_ppl: float
+    rows: list[dict]  # every finalist: track, origin, search and reformed perplexity, ratio, chosen
+
+
+def reformed_choice(searches: dict[str, EvolutionSearch], per_track: int, base: BaseDims, progress: bool,
+                    score: Callable[[ArchSpec], float]) -> FinalChoice:
+    """The finalist with the lowest `score` (perplexity after reform, on held-out windows): each track's best
+    `per_track` candidates, uniform seeds and allocated seeds (a seed is kept when nothing beats it; the seed
+    the fitness ranks first need not be the best after reform); ties go to the earlier finalist."""
+    finalists, keys = [], set()
+    for track, search in searches.items():
+        ranked = [(f"parent {i + 1}", c) for i, c in enumerate(search.parents[:per_track])]
+        for kind in ("uniform", "allocated"):
+            seeds = [c for c in search.seeds if search.seed_kinds[c.key] == kind]
+            ranked += [(f"{kind} seed {i + 1}", c) for i, c in enumerate(seeds[:per_track])]
+        for origin, candidate in ranked:
+            if candidate.key not in keys:
+                keys.add(candidate.key)
+                finalists.append((track, origin, candidate))
+    rows = [{"track": track, "origin": origin, "search_ppl": candidate.ppl,
+             "reformed_ppl": score(genome_spec(candidate.genome, base)),
+             "ratio": round(genome_ratio(candidate.genome, base), 6), "chosen": False}
+            for track, origin, candidate in tqdm(finalists, desc="final choice", unit="cand", disable=not progress)]
+    best = min(range(len(rows)), key=lambda i: rows[i]["reformed_ppl"])  # the first of equal scores
+    rows[best]["chosen"] = True
+    return FinalChoice(rows[best]["track"], finalists[best][2], rows[best]["reformed_ppl"], rows)
+
+
+def reformed_perplexity(model: torch.nn.Module, spec: ArchSpec, fit: torch.Tensor, held: torch.Tensor,
+                        batch_size: int = 1) -> float:
+    """The perplexity on the `held` windows of `spec` after `reformed_model` on the `fit` windows."""
+    return calibration_perplexity(reformed_model(model, spec, fit, batch_size), held, batch_size)
+
+
+def reformed_model(model: torch.nn.Module, spec: ArchSpec, fit: torch.Tensor, batch_size: int = 1) -> torch.nn.Module:
+    """`spec` sliced from `model` and reformed as the reform stage does by default (sequential ADMM, the paper's
+    rho and iterations) on the `fit` windows."""
+    sculpted = slice_model(model, spec)
+    reform_sculpted(sculpted, model, spec, fit, ReformSettings("admm"), batch_size, progress=False)
+    return sculpted
+
+
+def final_windows(calibration: torch.Tensor,
+                  options: EvolutionOptions) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For the reformed final choice, the windows the finalists are reformed on and the last `final_windows`
+    (whole) they are scored on; None without one."""
+    if options.final_choice != "reformed":
+        return None
+    count = calibration.shape[0]
+    if options.fitness_windows + options.final_windows > count:
+        raise SculptError(f"the reformed final choice scores the finalists on the last {options.final_windows} "
+                          f"calibration windows, which must not overlap the {options.fitness_windows} fitness windows, "
+                          f"and the calibration has {count}: raise --calib-samples or lower the final_windows option")
+    return calibration[: count - options.final_windows], calibration[count - options.final_windows:]
