@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SculptError
+from .presets import DEFAULT_PRESET, PRESET_NAMES, apply_preset
 from .targets import BACKEND_NAMES, TRT_TARGETS
 
 
@@ -37,13 +38,14 @@ class DataSection(Section):
 
 
 class SearchSection(Section):
-    method: str = "uniform"  # see `sculpt methods`
+    method: str = "uniform"  # see `sculpt methods` (the preset sets it)
     ratio: float = Field(0.8, gt=0, le=1)  # fraction of decoder-layer parameters kept
     options: dict[str, Any] = Field(default_factory=dict)  # method-specific, validated by the method
 
 
 class ReformSection(Section):
-    method: Literal["none", "admm", "least-squares", "bias"] = "none"  # o_proj/down_proj correction, docs/reform.md
+    # output-projection correction, docs/reform.md; the preset sets it
+    method: Literal["none", "admm", "least-squares", "bias"] = "none"
     rho: float = Field(1.0, gt=0)  # ADMM penalty, relative to the unit-diagonal (Jacobi-scaled) input Gram
     iterations: int = Field(30, ge=1)  # ADMM iterations (the paper's 30)
     samples: int | None = Field(None, ge=1)  # calibration windows for reform; null = data.calib_samples
@@ -155,6 +157,8 @@ class ValidateSection(Section):
 
 class Recipe(Section):
     name: str | None = None  # a label for the run
+    # the named recipe under every setting not given (pipeline/presets.py): quality (the default) or fast
+    preset: Literal[PRESET_NAMES] = DEFAULT_PRESET
     output: str = "artifacts"  # root directory of versioned artifacts (ROOT/v0001, ...)
     seed: int = 0
     model: ModelSection = Field(default_factory=ModelSection)
@@ -183,7 +187,8 @@ class Recipe(Section):
 
 def build_recipe(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
                  where: str = "recipe") -> Recipe:
-    """A validated recipe from a dict (e.g. YAML) plus dotted overrides like {"search.ratio": 0.7}."""
+    """A validated recipe from a dict (e.g. YAML) plus dotted overrides like {"search.ratio": 0.7}, with its
+    preset filling in every setting neither gives."""
     data: dict[str, Any] = _deep_copy(base or {})
     for dotted, value in (overrides or {}).items():
         node = data
@@ -192,7 +197,7 @@ def build_recipe(base: dict[str, Any] | None = None, overrides: dict[str, Any] |
             node = node.setdefault(key, {})
         node[leaf] = value
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(apply_preset(data))
     except ValidationError as err:
         raise SculptError(f"{where}: {_describe(err)}") from None
 

@@ -70,10 +70,11 @@ def tiny_checkpoint(directory: Path, model_type: str = "llama", seed: int = 0, *
 
 
 def light_validate_recipe(directory: Path) -> Path:
-    """A recipe with a short validate workload, for tests about the CLI and methods rather than timings."""
+    """A recipe with a short validate workload and the fast preset (no search), for tests about the CLI and
+    methods rather than timings or the default pipeline."""
     recipe = Path(directory) / "light-validate.yaml"
-    recipe.write_text("validate:\n  prefill_lengths: [16]\n  decode_batch_sizes: [1]\n  decode_new_tokens: 4\n"
-                      "  repeats: 1\n  memory: false\n")
+    recipe.write_text("preset: fast\nvalidate:\n  prefill_lengths: [16]\n  decode_batch_sizes: [1]\n"
+                      "  decode_new_tokens: 4\n  repeats: 1\n  memory: false\n")
     return recipe
 
 

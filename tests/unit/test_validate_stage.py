@@ -33,6 +33,7 @@ def trained(tmp_path_factory):
 def fast_recipe(directory, model, corpus, ratio, **validate):
     """A recipe whose validate stage times little (one short prefill, batch 1) and skips the memory subprocess."""
     recipe = {
+        "preset": "fast",
         "model": {"source": str(model)},
         "data": {"calibration": str(corpus), "evaluation": str(corpus), "calib_samples": 4,
                  "calib_seqlen": 32},
