@@ -14,8 +14,17 @@ speed) to --out, and prints the table.
 Resumable: configurations already in results.json are not run again (failures are retried);
 stop it at any time and run the same command again.
 
+Fair comparison (issue "Best by default"): `--reforms none,admm,least-squares,bias` follows every method
+with each reform stage (a method whose cut leaves no output projection with pruned inputs, e.g. a
+depth method, gets its no-reform row copied: the reform stage has nothing to correct, so every reform
+gives the same model), and `--presets quality,fast` adds the pipelines `sculpt run --preset NAME`
+makes. `--export-json docs/results/leaderboard.json` merges the perplexities into the machine-readable
+board.
+
     python benchmarks/leaderboard.py --device cuda                  # the full board (see docs/methods.md)
     python benchmarks/leaderboard.py --methods shortgpt --ratios 0.8 --eval-windows 2   # a quick check
+    python -m benchmarks.leaderboard --reforms none,admm,least-squares,bias --presets quality --no-latency \
+        --eval-windows 8 --out bench-out/screen --export-json docs/results/leaderboard.json   # the fair screen
 """
 
 from __future__ import annotations
@@ -32,9 +41,8 @@ RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)
 # stage). One whose method is not registered, or whose overrides this checkout's recipe rejects,
 # is reported as skipped.
 EXTRA_CONFIGURATIONS = (
-    {"name": "streamline-linear", "method": "streamline", "options": {"replacement": "linear"}},
-    {"name": "uniform + reform admm", "method": "uniform", "overrides": {"reform.method": "admm"}},
-    {"name": "evolution + reform admm", "method": "evolution", "overrides": {"reform.method": "admm"}},
+    {"name": "streamline-linear", "method": "streamline", "options": {"replacement": "linear"},
+     "overrides": {"preset": "fast", "reform.method": "none"}},
 )
 # ------------------------------------------------------------------------------------------------
 
@@ -48,9 +56,16 @@ from benchmarks.comparison import PERPLEXITY_ONLY, STAGES  # noqa: E402
 from benchmarks.leaderboard_report import is_final, load_results, render, save_results  # noqa: E402
 
 
-def configurations(methods) -> list[dict]:
-    registered = [{"name": name, "method": name} for name in sorted(methods)]
-    return registered + [dict(extra) for extra in EXTRA_CONFIGURATIONS]
+def configurations(methods, reforms=("none",), presets=()) -> list[dict]:
+    """Every registered method with each reform (`name + reform`), the extra configurations, and the presets.
+    A method's row runs under the `fast` preset with its own method and the row's reform, so rows differ only
+    in what they name."""
+    registered = [{"name": name if reform == "none" else f"{name} + {reform}", "method": name,
+                   "overrides": {"preset": "fast", "reform.method": reform}, "reform": reform}
+                  for name in sorted(methods) for reform in reforms]
+    extras = [dict(extra) for extra in EXTRA_CONFIGURATIONS]
+    return registered + extras + [{"name": f"preset {p}", "method": None, "preset": p, "overrides": {"preset": p}}
+                                  for p in presets]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,6 +96,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--keep-artifacts", action="store_true", help="keep each run's artifact (sliced model)")
+    parser.add_argument("--reforms", default="none", help="comma list: follow every method with each reform stage "
+                                                         "(none, admm, least-squares, bias)")
+    parser.add_argument("--presets", default="", help="comma list of presets to add as configurations (quality, fast)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency measurements (a perplexity "
+                                                                   "screen)")
+    parser.add_argument("--export-json", default=None, help="merge the perplexities into this machine-readable "
+                                                            "board (e.g. docs/results/leaderboard.json)")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     return parser.parse_args(argv)
 
@@ -92,7 +114,7 @@ def settings_of(args) -> dict:
             "calibration": args.calib_corpus, "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
             "seed": args.seed, "prefill_len": args.prefill_len, "decode_prompt": args.decode_prompt,
             "decode_tokens": args.decode_tokens, "repeats": args.repeats, "device": args.device,
-            "latency_device": args.latency_device}
+            "latency_device": args.latency_device, "latency": not args.no_latency}
 
 
 def recipe_for(args, config: dict, ratio: float, root: Path):
@@ -102,16 +124,17 @@ def recipe_for(args, config: dict, ratio: float, root: Path):
                  "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
                  "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
                  "validate.seq_len": args.seq_len, "validate.max_windows": args.eval_windows or None,
-                 "validate.compare_source": False, **PERPLEXITY_ONLY,
-                 "search.method": config["method"], "search.ratio": ratio,
-                 "search.options": config.get("options", {}), **config.get("overrides", {})}
+                 "validate.compare_source": False, **PERPLEXITY_ONLY, "search.ratio": ratio,
+                 **config.get("overrides", {})}
+    if config["method"] is not None:  # a preset's row takes the method and options from the preset
+        overrides.update({"search.method": config["method"], "search.options": config.get("options", {})})
     if args.data_dir:
         overrides["data.data_dir"] = args.data_dir
     return build_recipe(None, overrides, where=f"configuration {config['name']!r}")
 
 
 def timings(model, args) -> dict:
-    from validators.latency import decode_throughput, prefill_latency
+    from pipeline.measures.latency import decode_throughput, prefill_latency
 
     prefill = prefill_latency(model, args.prefill_len, repeats=args.repeats)
     decode = decode_throughput(model, prompt_len=args.decode_prompt, new_tokens=args.decode_tokens,
@@ -138,7 +161,7 @@ def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
     from pipeline.errors import SculptError
     from pipeline.workflow import run_pipeline
 
-    if config["method"] not in METHODS:
+    if config["method"] is not None and config["method"] not in METHODS:
         return {"status": "skipped", "reason": f"method {config['method']!r} is not registered in this checkout"}
     root = artifact_root(out, config, ratio)
     try:
@@ -157,10 +180,34 @@ def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
              "achieved_ratio": search.metrics["decoder_ratio"], "search_wall_s": search.wall_s,
              "reform_wall_s": reform.wall_s if reform is not None else 0.0,
              "reform": reform.status if reform is not None else None,
-             "layers": search.metrics.get("layers"), "removed_layers": search.metrics.get("removed_layers")}
+             "layers": search.metrics.get("layers"), "removed_layers": search.metrics.get("removed_layers"),
+             "reformable": reformable(artifact.path / "search" / "arch.json")}
     entry["method_wall_s"] = entry["search_wall_s"] + entry["reform_wall_s"]
-    entry["latency"] = measure_latency(artifact.path / "slice" / "model", timed_dense, args)
+    entry["resolved"] = {"method": recipe.search.method, "options": recipe.search.options,
+                         "reform": recipe.reform.method, "preset": recipe.preset}
+    if not args.no_latency:
+        entry["latency"] = measure_latency(artifact.path / "slice" / "model", timed_dense, args)
     return entry
+
+
+def reformable(arch_json: Path) -> bool:
+    """Whether any kept output projection of the architecture lost input units (what a reform corrects)."""
+    from pipeline.compress.reform.sequential_reform import pruned_inputs
+    from pipeline.models.spec import ArchSpec
+
+    spec = ArchSpec.from_json(arch_json.read_text())
+    return any(pruned_inputs(layer, spec) for layer in spec.layers)
+
+
+def same_as_none(results: dict, config: dict, ratio: float) -> dict | None:
+    """For `method + reform`, the method's no-reform entry when its reform stage had nothing to correct there:
+    every reform then gives the same model, so the row is copied rather than run again."""
+    if config.get("reform", "none") == "none":
+        return None
+    plain = results["entries"].get(f"{config['method']}@{ratio:g}")
+    if plain is None or plain.get("status") != "done" or plain.get("reformable", True):
+        return None
+    return {**plain, "copied_from": f"{config['method']}@{ratio:g}"}
 
 
 def artifact_root(out: Path, config: dict, ratio: float) -> Path:
@@ -177,15 +224,16 @@ def drop_artifacts(root: Path) -> None:
 
 def dense_entry(args, dense, timed_dense, tokenizer) -> dict:
     from pipeline.data import evaluation_ids, load_corpus
-    from validators.perplexity import perplexity
-    from validators.runners import TorchRunner
+    from pipeline.measures.perplexity import perplexity
+    from pipeline.measures.runners import TorchRunner
 
     ids = evaluation_ids(tokenizer, load_corpus(args.eval_corpus, "evaluation", args.data_dir), args.seq_len)
     result = perplexity(TorchRunner(dense), ids, args.seq_len, args.eval_windows or None)
     params = sum(p.numel() for p in dense.parameters())
     return {"status": "done", "ppl": result.ppl, "eval_tokens": result.tokens, "params": params,
-            "achieved_ratio": 1.0, "method_wall_s": 0.0, "latency": {**timings(timed_dense, args), "prefill_speedup": 1.0,
-                                                                      "decode_speedup": 1.0}}
+            "achieved_ratio": 1.0, "method_wall_s": 0.0,
+            **({} if args.no_latency else {"latency": {**timings(timed_dense, args), "prefill_speedup": 1.0,
+                                                       "decode_speedup": 1.0}})}
 
 
 def slug(name: str) -> str:
@@ -198,20 +246,23 @@ def main(argv=None) -> int:
     from pipeline.errors import SculptError
     from pipeline.models.loading import load_model
 
-    configs = configurations(METHODS)
+    configs = configurations(METHODS, [r for r in args.reforms.split(",") if r],
+                             [p for p in args.presets.split(",") if p])
     if args.list:
         for config in configs:
-            state = "" if config["method"] in METHODS else "  (not registered: skipped)"
+            state = "" if config["method"] in METHODS or config.get("preset") else "  (not registered: skipped)"
             print(f"{config['name']}: method {config['method']}, options {config.get('options', {})}, "
                   f"overrides {config.get('overrides', {})}{state}")
         return 0
     if args.methods:
         wanted = {c.strip() for c in args.methods.split(",")}
-        unknown = sorted(wanted - {c["name"] for c in configs} - {c["method"] for c in configs})
+        unknown = sorted(wanted - {c["name"] for c in configs} - {c["method"] for c in configs}
+                         - {c.get("preset") for c in configs})
         if unknown:
             print(f"error: unknown configuration(s) or method(s) {unknown}; see --list", file=sys.stderr)
             return 2
-        configs = [c for c in configs if c["name"] in wanted or c["method"] in wanted]
+        configs = [c for c in configs if c["name"] in wanted or c["method"] in wanted or
+                   c.get("preset") in wanted]
     ratios = [float(r) for r in args.ratios.split(",")]
     import torch
 
@@ -235,7 +286,7 @@ def main(argv=None) -> int:
         results["entries"]["dense"] = {"config": "dense", "ratio": 1.0,
                                        **dense_entry(args, dense, timed_dense, loaded.tokenizer)}
         save_results(out, results)
-    todo = [(c, r) for c in configs for r in ratios]
+    todo = [(c, r) for r in ratios for c in configs]  # ratio by ratio: a stopped screen has whole ratios
     for number, (config, ratio) in enumerate(todo, 1):
         key = f"{config['name']}@{ratio:g}"
         if is_final(results["entries"].get(key)):
@@ -243,7 +294,7 @@ def main(argv=None) -> int:
         print(f"> [{number}/{len(todo)}] {key}", file=sys.stderr, flush=True)
         began = time.perf_counter()
         try:
-            entry = run_entry(args, config, ratio, timed_dense, out)
+            entry = same_as_none(results, config, ratio) or run_entry(args, config, ratio, timed_dense, out)
         except Exception as err:  # one broken configuration must not stop hours of measurements
             traceback.print_exc()
             entry = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
@@ -257,7 +308,12 @@ def main(argv=None) -> int:
         print(f"  {entry['status']}" + (f": {entry['reason']}" if "reason" in entry else
                                          f": ppl {entry['ppl']:.3f}") + f" ({entry['entry_wall_s']:.0f} s)",
               file=sys.stderr, flush=True)
-    print(render(out, results, [c["name"] for c in configs], ratios))
+    if args.export_json:
+        from benchmarks.leaderboard_json import merge_into
+
+        merge_into(Path(args.export_json), results)
+    if not args.no_latency:
+        print(render(out, results, [c["name"] for c in configs], ratios))
     return 0
 
 
