@@ -22,7 +22,6 @@ from .trt_lint import LintReport
 from .trt_plan import BuildPlan
 
 ENGINE_SCRIPT = Path(__file__).with_name("trt_engine.py")
-KIT_FILES = ("build_engine.sh", "build_engine.py", "plan.json", "lint.json", "README.md")
 
 
 def shape_spec(shapes: dict[str, list[list[int]]], point: int) -> str:

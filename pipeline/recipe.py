@@ -181,9 +181,6 @@ class Recipe(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
 
 def build_recipe(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
                  where: str = "recipe") -> Recipe:
