@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sculpted_variants import source_model  # noqa: E402
 
 from exporters.onnx_export import as_sculpted, export_model  # noqa: E402
-from validators.latency import time_call  # noqa: E402
+from pipeline.measures.latency import time_call  # noqa: E402
 from validators.ort_runner import OrtRunner  # noqa: E402
 
 

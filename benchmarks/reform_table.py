@@ -34,8 +34,8 @@ from pipeline.models.adapters import adapter_for  # noqa: E402
 from pipeline.models.loading import load_model  # noqa: E402
 from pipeline.models.slicing import slice_model  # noqa: E402
 from pipeline.models.spec import ArchSpec, decoder_ratio  # noqa: E402
-from validators.perplexity import perplexity  # noqa: E402
-from validators.runners import TorchRunner  # noqa: E402
+from pipeline.measures.perplexity import perplexity  # noqa: E402
+from pipeline.measures.runners import TorchRunner  # noqa: E402
 
 METHODS = ("none", "bias", "least-squares", "admm")
 LABELS = {"none": "no reform", "bias": "bias (FLAP)", "least-squares": "least squares", "admm": "ADMM"}

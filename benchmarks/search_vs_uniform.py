@@ -129,7 +129,7 @@ def decode_speedup(path: Path, args) -> dict:
     from transformers import AutoModelForCausalLM
 
     from pipeline.models.loading import load_model
-    from validators.latency import decode_throughput
+    from pipeline.measures.latency import decode_throughput
 
     if "dense" not in _LOADED:  # one dense copy for the whole benchmark
         _LOADED["dense"] = load_model(args.model, dtype=args.dtype, device=args.device).model

@@ -1,9 +1,10 @@
 """Validation of sculpted models: backends behind one runner interface, and what is measured with them.
 
-`runners` holds the `Runner` protocol (token ids in, float32 CPU logits out) and its
-PyTorch backend; ONNX Runtime and TensorRT runners join it behind the same protocol.
-`perplexity` scores any runner on non-overlapping windows, the pruning papers' protocol.
-Latency, memory and the pass/fail parity gates are measured here too as they arrive.
+The runner interface, the PyTorch runner, perplexity and latency are `pipeline.measures`
+(compression uses them too). Here: the ONNX Runtime runner (`ort_runner`) behind the same
+protocol, `backends` (which backends an artifact can be measured on, and opening them),
+`memory` (peak memory, in a fresh process), `parity` (backends against each other) and
+`gates` (the pass/fail thresholds).
 
 Not the PyPI package of the same name: this one ships inside llm-sculpt.
 """

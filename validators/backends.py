@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import SculptError
+from pipeline.measures.runners import MeasuredRunner
 from pipeline.targets import BACKEND_NAMES
-
-from .runners import MeasuredRunner
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
@@ -72,7 +71,7 @@ def _open_torch(files: ModelFiles) -> MeasuredRunner:
     import pipeline  # noqa: F401  (registers the sculpted model classes)
     from pipeline.models.loading import DTYPES
 
-    from .runners import TorchRunner
+    from pipeline.measures.runners import TorchRunner
 
     model = AutoModelForCausalLM.from_pretrained(files.checkpoint, dtype=DTYPES[files.dtype])
     return TorchRunner(model, files.device)

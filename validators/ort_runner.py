@@ -15,8 +15,7 @@ import torch
 
 from exporters.onnx_io import LOGITS, GraphIO
 from pipeline.errors import SculptError
-
-from .latency import DecodeResult, Timing, summarise, time_call
+from pipeline.measures.latency import DecodeResult, Timing, summarise, time_call
 
 MODEL_FILE = "model.onnx"
 

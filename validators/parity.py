@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .runners import MeasuredRunner
+from pipeline.measures.runners import MeasuredRunner
 
 FIXED_PROMPTS = (
     "The capital of France is",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from validators.latency import decode_throughput, prefill_latency, summarise, time_call
+from pipeline.measures.latency import decode_throughput, prefill_latency, summarise, time_call
 from tests.factories import tiny_model
 
 

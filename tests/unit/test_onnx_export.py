@@ -13,11 +13,11 @@ from exporters.onnx_io import GraphIO
 from exporters.parity import check_parity
 from exporters.trt_lint import lint
 from pipeline.errors import SculptError
+from pipeline.measures.perplexity import perplexity
+from pipeline.measures.runners import TorchRunner
 from tests.factories import tiny_model
 from tests.onnx_fixtures import exported_tiny, exported_tiny_fp16, sculpted_tiny  # noqa: F401 (fixtures)
 from validators.ort_runner import OrtRunner
-from validators.perplexity import perplexity
-from validators.runners import TorchRunner
 
 IDS = torch.randint(3, 128, (2, 24), generator=torch.Generator().manual_seed(3))
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from pipeline.errors import SculptError
 from tests.factories import tiny_model
-from validators.perplexity import PerplexityResult, perplexity, summed_nll
-from validators.runners import Runner, TorchRunner
+from pipeline.measures.perplexity import PerplexityResult, perplexity, summed_nll
+from pipeline.measures.runners import Runner, TorchRunner
 
 VOCAB = 128  # the tiny models' vocabulary (tests/factories.py)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from validators.perplexity import perplexity
-from validators.runners import TorchRunner
+from pipeline.measures.perplexity import perplexity
+from pipeline.measures.runners import TorchRunner
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from pipeline.compress.calibration.layer_stream import LayerStream
 from pipeline.compress.calibration.stream_similarity import sublayer_similarity
 from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
 from pipeline.models.spec import decoder_ratio
-from validators.perplexity import summed_nll
+from pipeline.measures.perplexity import summed_nll
 
 from .removal_counting import fewest_units_for, spec_without
 

@@ -27,7 +27,7 @@ from pipeline.compress.width.legal_widths import AttentionShape, attention_shape
 from pipeline.models.modeling_sculpted import SculptedDecoderLayer, family_modules
 from pipeline.models.slicing import sculpted_config
 from pipeline.models.spec import ArchSpec, BaseDims, LayerSpec, layer_parameters
-from validators.latency import decode_throughput
+from pipeline.measures.latency import decode_throughput
 
 Shapes = Iterable[tuple[AttentionShape | None, int]]  # per layer: attention shape (None: skipped), MLP width (0: skipped)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from validators.backends import ModelFiles, open_runner, resolve_backends
 from validators.gates import check_baseline, check_gates
 from validators.parity import compare_runners, prompt_ids
-from validators.runners import TorchRunner
 
 from ...artifacts.manifest import StageRecord, to_jsonable
 from ...data import evaluation_ids, load_corpus
 from ...errors import SculptError
+from ...measures.runners import TorchRunner
 from ...models.loading import describe_source
 from ...paths import sha256_file
 from ...targets import BACKEND_NAMES

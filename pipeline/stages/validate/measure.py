@@ -14,9 +14,9 @@ import torch
 
 from validators.backends import ModelFiles, engine_files
 from validators.memory import measure_memory
-from validators.perplexity import perplexity
-from validators.runners import MeasuredRunner
 
+from ...measures.perplexity import perplexity
+from ...measures.runners import MeasuredRunner
 from ...recipe import ValidateSection
 
 MEMORY_DECODE_STEPS = 8  # decode steps after the memory workload's prefill: enough to grow the KV cache

@@ -3,7 +3,8 @@
 `Runner` is what perplexity needs. `MeasuredRunner` adds what the validate stage times and
 compares: prefill latency, decode throughput and greedy generation. The ONNX Runtime runner
 (`validators/ort_runner.py: OrtRunner`) implements the same methods; `validators.backends`
-opens whichever backends an artifact has.
+opens whichever backends an artifact has. This module is the interface between them and
+the code that only needs some runner (compression, the exporters' parity check).
 """
 
 from __future__ import annotations
