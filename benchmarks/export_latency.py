@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sculpted_variants import calibration, parameters, source_model, variants  # noqa: E402
 
-from exporters.checked_export import export_checked  # noqa: E402
 from pipeline.measures import latency  # noqa: E402
 from pipeline.measures.perplexity import perplexity  # noqa: E402
 from pipeline.measures.runners import TorchRunner  # noqa: E402
+from pipeline.stages.export import export_checked  # noqa: E402
 from validators.ort_runner import OrtRunner  # noqa: E402
 
 

@@ -1,4 +1,6 @@
-"""The exporter's self-check: the ONNX graph, run by ONNX Runtime, against the PyTorch model it came from.
+"""The exporter's self-check: the exported graph, run by a backend, against the PyTorch model it came from.
+
+The backend is any `DecodingRunner` (pipeline.measures.runners): the export stage passes ONNX Runtime's.
 
 Two things a user would notice: the logits (max |Δ| over a batch of prompts, and along the
 decode path), and greedy generation through the KV cache (the same tokens, step for step).
@@ -8,12 +10,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from pipeline.errors import SculptError
-
-from .onnx_io import LOGITS
+from pipeline.measures.runners import DecodingRunner, TorchRunner
 
 # Max |Δlogits| allowed per precision, relative to the largest |logit| (at least 1).
 # fp32: ONNX Runtime and torch sum GEMMs in different orders; on a sculpted SmolLM2 (30 layers, logits
@@ -51,35 +51,27 @@ class ParityReport:
 
 
 @torch.no_grad()
-def check_parity(model: torch.nn.Module, runner, precision: str, batch: int = 2, prompt_len: int = 16,
-                 greedy_tokens: int = 32, seed: int = 0) -> ParityReport:
-    """Compare `runner` (an OrtRunner on the export of `model`) with `model` itself (same dtype)."""
-    device = next(model.parameters()).device
-    vocab = runner.io.vocab_size
+def check_parity(model: torch.nn.Module, runner: DecodingRunner, precision: str, batch: int = 2,
+                 prompt_len: int = 16, greedy_tokens: int = 32, seed: int = 0) -> ParityReport:
+    """Compare `runner` (a backend running the export of `model`) with `model` itself (same dtype)."""
+    reference = TorchRunner(model)
+    vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(seed))
-    reference = model(ids.to(device), use_cache=False).logits.float().cpu()
+    expected = reference.logits(ids)
     exported = runner.logits(ids)
-    prompt_delta = (exported - reference).abs().max().item()
-    scale = reference.abs().max().item()
+    prompt_delta = (exported - expected).abs().max().item()
+    scale = expected.abs().max().item()
 
-    # Greedy through the KV cache on both sides, one prompt; logits compared while the paths agree.
-    prompt = ids[:1]
-    out = model(prompt.to(device), use_cache=True)
-    cache, torch_logits = out.past_key_values, out.logits[:, -1].float().cpu()
-    outputs, mask = runner.prefill(prompt.numpy())
-    match, decode_delta, agreeing = 0, 0.0, True
-    for step in range(greedy_tokens):
-        ort_logits = torch.from_numpy(outputs[LOGITS][:, -1].astype(np.float32))
-        torch_token, ort_token = torch_logits.argmax(-1), ort_logits.argmax(-1)
-        if agreeing:
-            decode_delta = max(decode_delta, (ort_logits - torch_logits).abs().max().item())
-            agreeing = bool(torch.equal(torch_token, ort_token))
-            match += agreeing
-        if step + 1 == greedy_tokens:
+    # Greedy through the KV cache on both sides, one prompt; logits compared while the paths agree
+    # (each side feeds back its own token, so the paths are the same until the first different token).
+    torch_steps = reference.greedy_logits(ids[:1], greedy_tokens)
+    runner_steps = runner.greedy_logits(ids[:1], greedy_tokens)
+    match, decode_delta = 0, 0.0
+    for torch_logits, runner_logits in zip(torch_steps.unbind(1), runner_steps.unbind(1)):
+        decode_delta = max(decode_delta, (runner_logits - torch_logits).abs().max().item())
+        if not torch.equal(torch_logits.argmax(-1), runner_logits.argmax(-1)):
             break
-        out = model(torch_token[:, None].to(device), past_key_values=cache, use_cache=True)
-        cache, torch_logits = out.past_key_values, out.logits[:, -1].float().cpu()
-        outputs, mask = runner.step(ort_token[:, None].numpy().astype(np.int64), mask, outputs)
+        match += 1
     tolerance = TOLERANCE[precision] * max(1.0, scale)
     return ParityReport(precision=precision, max_abs_logits=prompt_delta, max_abs_logits_decode=decode_delta,
                         logit_scale=scale, tolerance=tolerance, greedy_tokens=greedy_tokens, greedy_match=match)

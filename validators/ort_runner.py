@@ -21,7 +21,7 @@ MODEL_FILE = "model.onnx"
 
 
 class OrtRunner:
-    """An exported decoder graph behind the `Runner` protocol, plus generation and latency."""
+    """An exported decoder graph behind the `MeasuredRunner` and `DecodingRunner` protocols."""
 
     name = "onnxruntime"
 
@@ -110,6 +110,18 @@ class OrtRunner:
             if step + 1 < max_new_tokens:
                 outputs, mask = self.step(token, mask, outputs)
         return torch.from_numpy(np.concatenate(generated, axis=1))
+
+    def greedy_logits(self, input_ids: torch.LongTensor, new_tokens: int) -> torch.Tensor:
+        """[B, new_tokens, V] float32: the last position's logits after the prompt, then after each greedy token
+        fed back through the KV cache (`DecodingRunner`, what the export stage's parity check compares)."""
+        outputs, mask = self.prefill(input_ids.cpu().numpy())
+        steps = []
+        for step in range(new_tokens):
+            steps.append(torch.from_numpy(outputs[LOGITS][:, -1].astype(np.float32)))
+            if step + 1 < new_tokens:
+                token = steps[-1].argmax(-1)
+                outputs, mask = self.step(token[:, None].numpy().astype(np.int64), mask, outputs)
+        return torch.stack(steps, dim=1)
 
     # ---- latency -------------------------------------------------------------------
     def _random_ids(self, batch: int, length: int, seed: int = 0) -> np.ndarray:

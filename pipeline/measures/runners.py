@@ -1,7 +1,8 @@
 """Backends behind one interface: token ids in, logits out, so any two can be compared.
 
 `Runner` is what perplexity needs. `MeasuredRunner` adds what the validate stage times and
-compares: prefill latency, decode throughput and greedy generation. The ONNX Runtime runner
+compares: prefill latency, decode throughput and greedy generation. `DecodingRunner` adds the
+logits of each greedy step through the KV cache, which the exporters' parity check compares. The ONNX Runtime runner
 (`validators/ort_runner.py: OrtRunner`) implements the same methods; `validators.backends`
 opens whichever backends an artifact has. This module is the interface between them and
 the code that only needs some runner (compression, the exporters' parity check).
@@ -38,6 +39,16 @@ class MeasuredRunner(Runner, Protocol):
                           repeats: int = 3) -> DecodeResult: ...
 
 
+@runtime_checkable
+class DecodingRunner(Runner, Protocol):
+    """A runner whose greedy decoding through its KV cache can be compared logit for logit (the export check)."""
+
+    def greedy_logits(self, input_ids: torch.LongTensor, new_tokens: int) -> torch.Tensor:
+        """[B, new_tokens, V] float32 CPU: the last position's logits after the prompt, then after each greedy
+        token fed back through the KV cache (token i is the argmax of step i's logits)."""
+        ...
+
+
 class TorchRunner:
     """A PyTorch causal LM as a runner (eval mode, no gradients; logits without a KV cache)."""
 
@@ -57,6 +68,17 @@ class TorchRunner:
     def generate(self, input_ids: torch.LongTensor, max_new_tokens: int) -> torch.LongTensor:
         """The prompt followed by `max_new_tokens` greedy tokens, [B, L + new] on the CPU."""
         return latency.greedy_generate(self.model, input_ids, max_new_tokens)
+
+    @torch.no_grad()
+    def greedy_logits(self, input_ids: torch.LongTensor, new_tokens: int) -> torch.Tensor:
+        """See `DecodingRunner.greedy_logits`."""
+        out = self.model(input_ids.to(self.device), use_cache=True)
+        steps = [out.logits[:, -1].float().cpu()]
+        for _ in range(new_tokens - 1):
+            token = steps[-1].argmax(-1)
+            out = self.model(token[:, None].to(self.device), past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits[:, -1].float().cpu())
+        return torch.stack(steps, dim=1)
 
     def prefill_latency(self, seq_len: int, batch: int = 1, warmup: int = 1, repeats: int = 5) -> Timing:
         return latency.prefill_latency(self.model, seq_len, batch, warmup, repeats)

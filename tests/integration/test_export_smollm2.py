@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 
-from exporters.checked_export import export_checked
 from exporters.onnx_io import GraphIO
 from pipeline.data import evaluation_ids, load_corpus
 from pipeline.measures.perplexity import perplexity
@@ -14,6 +13,7 @@ from pipeline.measures.runners import TorchRunner
 from pipeline.models.adapters import adapter_for
 from pipeline.models.loading import load_model
 from pipeline.models.slicing import slice_model
+from pipeline.stages.export import export_checked
 from tests.integration.test_smollm2 import mixed_spec
 from validators.ort_runner import OrtRunner
 

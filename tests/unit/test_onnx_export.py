@@ -14,7 +14,7 @@ from exporters.parity import check_parity
 from exporters.trt_lint import lint
 from pipeline.errors import SculptError
 from pipeline.measures.perplexity import perplexity
-from pipeline.measures.runners import TorchRunner
+from pipeline.measures.runners import DecodingRunner, TorchRunner
 from tests.factories import tiny_model
 from tests.onnx_fixtures import exported_tiny, exported_tiny_fp16, sculpted_tiny  # noqa: F401 (fixtures)
 from validators.ort_runner import OrtRunner
@@ -47,6 +47,22 @@ def test_32_greedy_tokens_through_the_kv_cache_match_pytorch(sculpted_tiny, expo
     generated = runner.generate(prompt, 32)
     assert generated.shape == (2, 7 + 32)
     assert torch.equal(generated, torch_greedy(sculpted_tiny, prompt, 32))
+
+
+def test_greedy_logits_follow_the_greedy_tokens_on_both_backends(sculpted_tiny, exported_tiny):
+    """What the parity check compares: each step's logits, whose argmax is the next greedy token."""
+    prompt = IDS[:, :7]
+    for runner in (OrtRunner.from_export_dir(exported_tiny.directory), TorchRunner(sculpted_tiny)):
+        assert isinstance(runner, DecodingRunner)
+        steps = runner.greedy_logits(prompt, 6)
+        assert steps.shape == (2, 6, sculpted_tiny.config.vocab_size) and steps.dtype == torch.float32
+        assert torch.equal(steps.argmax(-1), torch_greedy(sculpted_tiny, prompt, 6)[:, 7:])
+
+
+def test_the_parity_check_takes_any_decoding_runner(sculpted_tiny):
+    """The exporters' check knows no backend: torch against itself agrees exactly."""
+    report = check_parity(sculpted_tiny, TorchRunner(sculpted_tiny), "fp32", greedy_tokens=8)
+    assert report.passed and report.greedy_match == 8 and report.max_abs_logits == report.max_abs_logits_decode == 0
 
 
 def test_onnx_runtime_perplexity_is_within_a_tenth_of_a_percent_of_torch(sculpted_tiny, exported_tiny):
