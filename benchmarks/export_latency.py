@@ -9,9 +9,9 @@ process, one model after another, so the ratios compare like with like:
   * the same timings from PyTorch on --device, for reference.
 Absolute numbers depend on the machine; run it on a quiet one.
 
-    python benchmarks/export_latency.py                          # CPU: ~15-20 min on 2 cores
-    python benchmarks/export_latency.py --device cuda            # GPU (needs onnxruntime-gpu)
-    python benchmarks/export_latency.py --layers 2 --repeats 2 --new-tokens 8 --prefill 64 --prompt 16 \\
+    python -m benchmarks.export_latency                          # CPU: ~15-20 min on 2 cores
+    python -m benchmarks.export_latency --device cuda            # GPU (needs onnxruntime-gpu)
+    python -m benchmarks.export_latency --layers 2 --repeats 2 --new-tokens 8 --prefill 64 --prompt 16 \\
         --eval-windows 1 --seq-len 128 --check-tokens 8          # a quick check of the script
 
 Writes results.json and results.md to --out and prints the tables.
@@ -28,15 +28,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sculpted_variants import calibration, parameters, source_model, variants  # noqa: E402
+from benchmarks.sculpted_variants import calibration, parameters, source_model, variants
 
-from pipeline.measures import latency  # noqa: E402
-from pipeline.measures.perplexity import perplexity  # noqa: E402
-from pipeline.measures.runners import TorchRunner  # noqa: E402
-from pipeline.stages.export import export_checked  # noqa: E402
-from validators.ort_runner import OrtRunner  # noqa: E402
+from pipeline.measures import latency
+from pipeline.measures.perplexity import perplexity
+from pipeline.measures.runners import TorchRunner
+from pipeline.stages.export import export_checked
+from validators.ort_runner import OrtRunner
 
 
 def arguments() -> argparse.Namespace:
@@ -77,7 +76,7 @@ def evaluation_tokens(tokenizer, vocab_size: int, args) -> torch.LongTensor:
 
 def measure(name: str, model, directory: Path, ids: torch.LongTensor, args) -> dict:
     """Export `model` (on the CPU), then parity, perplexity and timings of ONNX Runtime and torch on --device."""
-    say = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    say = lambda message: print(message, file=sys.stderr)
     exported = export_checked(model, directory, check_tokens=args.check_tokens, say=say)
     runner = OrtRunner.from_export_dir(directory, threads=args.threads or None, device=args.device)
     torch_model = model.to(args.device)

@@ -11,15 +11,14 @@ choice costs against the alternatives, with ONNX Runtime on CPU:
 It reports file sizes, prefill latency of A/B/C at each prompt length, the max |Δlogits| between
 them, and decode latency (the same graph for all three).
 
-    python benchmarks/graph_layouts.py                    # SmolLM2-135M, ~5 minutes on 2 cores
-    python benchmarks/graph_layouts.py --layers 2 --repeats 3   # a quick check
+    python -m benchmarks.graph_layouts                    # SmolLM2-135M, ~5 minutes on 2 cores
+    python -m benchmarks.graph_layouts --layers 2 --repeats 3   # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 import warnings
@@ -29,13 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sculpted_variants import source_model  # noqa: E402
+from benchmarks.sculpted_variants import source_model
 
-from exporters.onnx_export import as_sculpted, export_model  # noqa: E402
-from pipeline.measures.latency import time_call  # noqa: E402
-from validators.ort_runner import OrtRunner  # noqa: E402
+from exporters.onnx_export import as_sculpted, export_model
+from pipeline.measures.latency import time_call
+from validators.ort_runner import OrtRunner
 
 
 class PrefillOnly(nn.Module):

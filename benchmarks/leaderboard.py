@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Leaderboard: every compression method on the same model, data and decoder-parameter ratios.
 
 Each configuration x ratio runs the whole pipeline (`pipeline.workflow.run_pipeline`: search,
@@ -21,8 +20,8 @@ gives the same model), and `--presets quality,fast` adds the pipelines `sculpt r
 makes. `--export-json docs/results/leaderboard.json` merges the perplexities into the machine-readable
 board.
 
-    python benchmarks/leaderboard.py --device cuda                  # the full board (see docs/methods.md)
-    python benchmarks/leaderboard.py --methods shortgpt --ratios 0.8 --eval-windows 2   # a quick check
+    python -m benchmarks.leaderboard --device cuda                  # the full board (see docs/methods.md)
+    python -m benchmarks.leaderboard --methods shortgpt --ratios 0.8 --eval-windows 2   # a quick check
     python -m benchmarks.leaderboard --reforms none,admm,least-squares,bias --presets quality --no-latency \
         --eval-windows 8 --out bench-out/screen --export-json docs/results/leaderboard.json   # the fair screen
 """
@@ -32,7 +31,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pipeline, not an installed one
 
 # ---- what the board runs (data: edit here) --------------------------------------------------------
 RATIOS = (0.9, 0.8, 0.7, 0.6, 0.5)

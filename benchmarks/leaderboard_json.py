@@ -44,7 +44,7 @@ def records(results: dict) -> list[dict]:
 def merge_into(path: Path, results: dict) -> list[dict]:
     """Merge `results` into the board at `path` (created if missing); returns the merged records."""
     board = json.loads(path.read_text()) if path.is_file() else []
-    key = lambda row: (row["ratio"], row["method"], row["reform"], row["default"], row["windows"])  # noqa: E731
+    key = lambda row: (row["ratio"], row["method"], row["reform"], row["default"], row["windows"])
     merged = {key(row): row for row in board}
     merged.update({key(row): row for row in records(results)})
     rows = sorted(merged.values(), key=lambda r: (-r["ratio"], r["windows"], r["wikitext2_test_ppl"]))

@@ -1,6 +1,6 @@
 """Which architecture is better after the real reform, on calibration-split text the reform never saw?
 
-    python benchmarks/reform_holdout.py ART/uniform-0.6/v0001/search/arch.json ART/evolution-0.6/v0001/search/arch.json
+    python -m benchmarks.reform_holdout ART/uniform-0.6/v0001/search/arch.json ART/evolution-0.6/v0001/search/arch.json
 
 The search-vs-uniform benchmark ranks architectures by WikiText-2 *test* perplexity after ADMM reform,
 on 8 x 2048 tokens. Margins of a few tenths of a percent there can be noise or the test text's own
@@ -16,17 +16,15 @@ Prints a Markdown table (about 100 s per architecture for SmolLM2 on 2 CPU cores
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.calibration_args import add_calibration_arguments, load_calibration  # noqa: E402
-from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity  # noqa: E402
-from pipeline.compress.search.final_choice import reformed_model  # noqa: E402
-from pipeline.data import calibration_windows  # noqa: E402
-from pipeline.models.spec import ArchSpec, decoder_ratio  # noqa: E402
+from benchmarks.calibration_args import add_calibration_arguments, load_calibration
+from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
+from pipeline.compress.search.final_choice import reformed_model
+from pipeline.data import calibration_windows
+from pipeline.models.spec import ArchSpec, decoder_ratio
 
 
 def main() -> None:

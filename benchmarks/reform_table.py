@@ -1,9 +1,9 @@
 """Reform after uniform importance pruning: none / bias / least squares / ADMM, and ADMM vs sample count.
 
-    python benchmarks/reform_table.py --device cuda --eval-windows 0          # the paper's settings, whole test split
-    python benchmarks/reform_table.py --methods none,bias,least-squares,admm --reform-samples 32 \\
+    python -m benchmarks.reform_table --device cuda --eval-windows 0          # the paper's settings, whole test split
+    python -m benchmarks.reform_table --methods none,bias,least-squares,admm --reform-samples 32 \\
         --reform-seqlen 512 --sweep-samples 32,128,512 --eval-windows 8     # the README table (58 min, 2 CPU cores)
-    python benchmarks/reform_table.py --ratios 0.8 --reform-samples 2 --reform-seqlen 256 \\
+    python -m benchmarks.reform_table --ratios 0.8 --reform-samples 2 --reform-seqlen 256 \\
         --sweep-samples 1,2 --sweep-ratio 0.8 --eval-windows 1 --eval-seqlen 512   # a CPU smoke run
 
 For every ratio the model is pruned once with `--method uniform` (calibrated split, search
@@ -19,23 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.charts import ppl_vs_ratio  # noqa: E402
-from pipeline.compress import get_method, parse_options  # noqa: E402
-from pipeline.compress.reform.sequential_reform import ReformSettings, reform_sculpted, with_output_biases  # noqa: E402
-from pipeline.compress.registry import MethodContext  # noqa: E402
-from pipeline.data import calibration_windows, evaluation_ids, load_corpus  # noqa: E402
-from pipeline.models.adapters import adapter_for  # noqa: E402
-from pipeline.models.loading import load_model  # noqa: E402
-from pipeline.models.slicing import slice_model  # noqa: E402
-from pipeline.models.spec import ArchSpec, decoder_ratio  # noqa: E402
-from pipeline.measures.perplexity import perplexity  # noqa: E402
-from pipeline.measures.runners import TorchRunner  # noqa: E402
+from benchmarks.charts import ppl_vs_ratio
+from pipeline.compress import get_method, parse_options
+from pipeline.compress.reform.sequential_reform import ReformSettings, reform_sculpted, with_output_biases
+from pipeline.compress.registry import MethodContext
+from pipeline.data import calibration_windows, evaluation_ids, load_corpus
+from pipeline.models.adapters import adapter_for
+from pipeline.models.loading import load_model
+from pipeline.models.slicing import slice_model
+from pipeline.models.spec import ArchSpec, decoder_ratio
+from pipeline.measures.perplexity import perplexity
+from pipeline.measures.runners import TorchRunner
 
 METHODS = ("none", "bias", "least-squares", "admm")
 LABELS = {"none": "no reform", "bias": "bias (FLAP)", "least-squares": "least squares", "admm": "ADMM"}
@@ -60,8 +58,8 @@ def main() -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
-    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    floats = lambda s: [float(x) for x in s.split(",")]
+    ints = lambda s: [int(x) for x in s.split(",")]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="source model (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

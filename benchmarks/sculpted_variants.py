@@ -7,19 +7,16 @@ matter; with random weights the calibration windows are random token ids.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pipeline.compress.registry import MethodContext  # noqa: E402
-from pipeline.compress.width.uniform import UniformOptions, run_uniform  # noqa: E402
-from pipeline.models.adapters import adapter_for  # noqa: E402
-from pipeline.models.slicing import slice_model  # noqa: E402
-from pipeline.models.spec import ArchSpec, decoder_ratio  # noqa: E402
+from pipeline.compress.registry import MethodContext
+from pipeline.compress.width.uniform import UniformOptions, run_uniform
+from pipeline.models.adapters import adapter_for
+from pipeline.models.slicing import slice_model
+from pipeline.models.spec import ArchSpec, decoder_ratio
 
 # SmolLM2-135M's shape (what load_model() gives), for --random-weights where the real file cannot travel.
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,

@@ -1,6 +1,6 @@
 """How fast can the evolutionary search score a candidate? Per-candidate seconds of each way.
 
-    python benchmarks/search_eval_speed.py --ratio 0.8 --candidates 8
+    python -m benchmarks.search_eval_speed --ratio 0.8 --candidates 8
 
 On the default model (SmolLM2-135M) and the evolution method's default fitness windows, it
 scores the same mutated candidates (children of the uniform importance init at --ratio, made
@@ -17,26 +17,24 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from pipeline.compress.search.candidate_scorer import CandidateScorer  # noqa: E402
-from pipeline.compress.search.generations import EvolutionOptions, search_space  # noqa: E402
-from pipeline.compress.search.genome import Rates, genome_spec, mutate, repair  # noqa: E402
-from pipeline.compress.search.evolution import fitness_windows  # noqa: E402
-from pipeline.compress.search.seeds import make_budget, seed_genomes  # noqa: E402
-from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity  # noqa: E402
-from pipeline.compress.importance.obs_importance import layer_importance  # noqa: E402
-from pipeline.data import calibration_windows, load_corpus  # noqa: E402
-from pipeline.models.adapters import adapter_for  # noqa: E402
-from pipeline.models.loading import load_model  # noqa: E402
-from pipeline.models.slicing import mask_weights, slice_model  # noqa: E402
+from pipeline.compress.search.candidate_scorer import CandidateScorer
+from pipeline.compress.search.generations import EvolutionOptions, search_space
+from pipeline.compress.search.genome import Rates, genome_spec, mutate, repair
+from pipeline.compress.search.evolution import fitness_windows
+from pipeline.compress.search.seeds import make_budget, seed_genomes
+from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
+from pipeline.compress.importance.obs_importance import layer_importance
+from pipeline.data import calibration_windows, load_corpus
+from pipeline.models.adapters import adapter_for
+from pipeline.models.loading import load_model
+from pipeline.models.slicing import mask_weights, slice_model
 
 
 def main() -> None:

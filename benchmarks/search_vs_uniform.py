@@ -1,7 +1,7 @@
 """Evolutionary search vs the uniform importance initialisation, each followed by the same reform step.
 
-    python benchmarks/search_vs_uniform.py --device cuda --eval-windows 0            # the README table
-    python benchmarks/search_vs_uniform.py --ratios 0.8 --eval-windows 1 --eval-seqlen 512 \\
+    python -m benchmarks.search_vs_uniform --device cuda --eval-windows 0            # the README table
+    python -m benchmarks.search_vs_uniform --ratios 0.8 --eval-windows 1 --eval-seqlen 512 \\
         --search-options '{"population": 6, "generations": 1}'                       # a CPU smoke run
 
 For every ratio it runs the whole pipeline (search -> reform -> slice -> validate) twice, with
@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.charts import ppl_vs_ratio  # noqa: E402
-from benchmarks.comparison import PERPLEXITY_ONLY, STAGES  # noqa: E402
-from pipeline.artifacts import read_manifest  # noqa: E402
-from pipeline.recipe import build_recipe  # noqa: E402
-from pipeline.workflow import run_pipeline  # noqa: E402
+from benchmarks.charts import ppl_vs_ratio
+from benchmarks.comparison import PERPLEXITY_ONLY, STAGES
+from pipeline.artifacts import read_manifest
+from pipeline.recipe import build_recipe
+from pipeline.workflow import run_pipeline
 
 
 def main() -> None:
@@ -96,8 +94,8 @@ def run_one(args, out: Path, method: str, ratio: float, options: dict, budget: f
     """One pipeline run at target `ratio`; `budget` (default: the target) is the decoder-ratio cap it gets."""
     label = method + ("-latency" if "latency_speedup" in options else "")
     budget = budget or ratio
-    overrides = {
-        "model.source": args.model, "model.device": args.device, "model.dtype": args.dtype, "seed": args.seed,
+    overrides = {  # the fast preset adds nothing: the method, its options and the reform are all given here
+        "preset": "fast", "model.source": args.model, "model.device": args.device, "model.dtype": args.dtype, "seed": args.seed,
         "data.data_dir": args.data_dir, "data.calibration": args.calib_corpus, "data.evaluation": args.eval_corpus,
         "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
         "search.method": method, "search.ratio": budget, "search.options": options,
