@@ -3,11 +3,12 @@
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
+
+REPO = REPO_ROOT
 DOCKER = REPO / "docker"
 IMAGES = {"x86": "nvcr.io/nvidia/tensorrt:24.08-py3",  # TensorRT 10.3, as on JetPack 6.1/6.2
           "jetson": "nvcr.io/nvidia/l4t-jetpack:r36.4.0"}  # JetPack 6.1: TensorRT 10.3, CUDA 12.6

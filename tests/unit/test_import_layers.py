@@ -33,7 +33,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
+
+REPO = REPO_ROOT
 ROOTS = ("pipeline", "exporters", "validators")
 
 BOTTOM, COMPRESS, EXPORTERS, VALIDATORS, TOP = "bottom", "compress", "exporters", "validators", "top"

@@ -3,12 +3,12 @@
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
 from pipeline.errors import SculptError
 from pipeline.targets import BACKEND_NAMES
+from tests import REPO_ROOT
 from tests.factories import tiny_checkpoint
 from validators.backends import BACKENDS, ModelFiles, open_runner, resolve_backends
 
@@ -77,5 +77,5 @@ def test_importing_the_backends_loads_no_exporter_or_runtime():
     code = ("import sys, validators.backends; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('exporters', 'onnxruntime', 'tensorrt')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2]).stdout
+                         cwd=REPO_ROOT).stdout
     assert out.strip() == "[]"

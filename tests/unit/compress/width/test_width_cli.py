@@ -12,7 +12,7 @@ import pipeline  # noqa: F401  (registers the sculpted model with the Auto class
 from pipeline.cli import cli
 from pipeline.models.spec import ArchSpec
 from tests.factories import light_validate_recipe, tiny_checkpoint
-from tests.unit.test_cli import CORPUS
+from tests.unit.cli.test_cli import CORPUS
 
 
 @pytest.mark.parametrize("method", ["goa", "magnitude", "wanda-sp", "flap"])

@@ -1,10 +1,11 @@
 """The example CI workflow (examples/ci/sculpt-release.yml): valid YAML that gates on quality and regressions."""
 
-from pathlib import Path
 
 import yaml
 
-WORKFLOW = Path(__file__).resolve().parents[2] / "examples" / "ci" / "sculpt-release.yml"
+from tests import REPO_ROOT
+
+WORKFLOW = REPO_ROOT / "examples" / "ci" / "sculpt-release.yml"
 
 
 def steps():

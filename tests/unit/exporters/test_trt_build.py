@@ -21,10 +21,11 @@ from exporters.trt_lint import lint
 from exporters.trt_plan import BuildPlan
 from pipeline.errors import SculptError
 from pipeline.recipe import BuildSection
+from tests import REPO_ROOT
 from tests.fake_tensorrt import FAKE_DEVICE, make_fake_tensorrt
 from tests.onnx_fixtures import exported_tiny, exported_tiny_fp16, sculpted_tiny  # noqa: F401 (fixtures)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 SECTION = BuildSection(batch=(1, 2, 4), prompt=(1, 64, 256), context=(1, 300, 1024), workspace_mib=512)
 
 

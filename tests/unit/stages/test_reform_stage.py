@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tests.unit.test_cli import sculpt, tiny_run  # noqa: F401  (tiny_run is a fixture)
+from tests.unit.cli.test_cli import sculpt, tiny_run  # noqa: F401  (tiny_run is a fixture)
 
 
 @pytest.fixture()

@@ -1,13 +1,13 @@
 """The example recipes in examples/recipes/ load, and say what their comments promise."""
 
-from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 from pipeline.recipe import Recipe, load_recipe
+from tests import REPO_ROOT
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
+EXAMPLES = REPO_ROOT / "examples" / "recipes"
 NEEDS_EXPORT = {"x86-gpu.yaml", "jetson-orin.yaml"}  # use the export/build sections
 
 

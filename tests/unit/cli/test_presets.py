@@ -12,7 +12,7 @@ from pipeline.presets import FAST, QUALITY
 from pipeline.recipe import build_recipe
 from pipeline.workflow import run_pipeline
 from tests.factories import tiny_checkpoint
-from tests.unit.test_cli import CORPUS
+from tests.unit.cli.test_cli import CORPUS
 
 
 def test_no_options_give_the_quality_pipeline_search_and_admm_reform():

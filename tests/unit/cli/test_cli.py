@@ -4,12 +4,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from tests import REPO_ROOT
 from tests.factories import light_validate_recipe, tiny_checkpoint
 
 CORPUS = "\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i * 7 % 13}." for i in range(400))
@@ -81,7 +81,7 @@ cli.main(args=sys.argv[1:])
 def test_a_run_killed_inside_a_stage_resumes_from_that_stage_and_verifies(tiny_run, stage, function, done_before):
     tmp_path, args = tiny_run
     args = [*args, "--reform", "admm"]
-    repo = Path(__file__).resolve().parents[2]
+    repo = REPO_ROOT
     env = {**os.environ, "PYTHONPATH": str(repo)}
     env.pop("SCULPT_DATA_DIR", None)
     killed = subprocess.run([sys.executable, "-c", KILLED_RUN.format(stage=stage, function=function), *args],

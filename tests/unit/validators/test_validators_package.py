@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import REPO_ROOT
+
+REPO = REPO_ROOT
 
 
 def test_validators_is_our_package():
