@@ -176,7 +176,7 @@ def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
     entry = {"status": "done", "ppl": validate.metrics["ppl"], "eval_tokens": validate.metrics["eval_tokens"],
              "params": validate.metrics["params"], "decoder_params": search.metrics["decoder_params"],
              "achieved_ratio": search.metrics["decoder_ratio"], "search_wall_s": search.wall_s,
-             "reform_wall_s": reform.wall_s if reform is not None else 0.0,
+             "reform_wall_s": reform.wall_s if reform is not None else 0.0, "slice_wall_s": stages["slice"].wall_s,
              "reform": reform.status if reform is not None else None,
              "layers": search.metrics.get("layers"), "removed_layers": search.metrics.get("removed_layers"),
              "reformable": reformable(artifact.path / "search" / "arch.json")}
@@ -303,8 +303,11 @@ def main(argv=None) -> int:
         save_results(out, results)
         if is_final(entry) and not args.keep_artifacts:
             drop_artifacts(artifact_root(out, config, ratio))
+        phases = "" if "search_wall_s" not in entry else \
+            f"; search {entry['search_wall_s']:.0f} s, reform {entry['reform_wall_s']:.0f} s, " \
+            f"slice {entry['slice_wall_s']:.0f} s"
         print(f"  {entry['status']}" + (f": {entry['reason']}" if "reason" in entry else
-                                         f": ppl {entry['ppl']:.3f}") + f" ({entry['entry_wall_s']:.0f} s)",
+                                         f": ppl {entry['ppl']:.3f}{phases}") + f" ({entry['entry_wall_s']:.0f} s)",
               file=sys.stderr, flush=True)
     if args.export_json:
         from benchmarks.leaderboard_json import merge_into
