@@ -69,10 +69,21 @@ RECIPE_FLAGS = [
 ]
 
 
-def recipe_flags(func):
+def _with_flags(func, skip: tuple[str, ...] = ()):
     for flag, key, kind, text in reversed(RECIPE_FLAGS):
-        func = click.option(flag, key.replace(".", "__"), type=kind, default=None, help=f"{text} [{key}]")(func)
+        if key not in skip:
+            func = click.option(flag, key.replace(".", "__"), type=kind, default=None, help=f"{text} [{key}]")(func)
     return func
+
+
+def recipe_flags(func):
+    return _with_flags(func)
+
+
+def stage_flags(func):
+    """The recipe flags a stage of an existing artifact takes: all but --preset, which only fills in a new
+    recipe (the artifact's recipe already has every setting resolved)."""
+    return _with_flags(func, skip=("preset",))
 
 
 def overrides_from(params: dict) -> dict:
@@ -181,7 +192,7 @@ def run(recipe, stages, new, quiet, **params) -> None:
 
 def _stage_command(name: str, doc: str):
     @click.argument("artifact", type=click.Path(file_okay=False))
-    @recipe_flags
+    @stage_flags
     @click.option("--force", is_flag=True, help="Run even if the stage is up to date.")
     @progress_flag
     def command(artifact, force, quiet, **params) -> None:

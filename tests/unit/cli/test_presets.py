@@ -85,3 +85,9 @@ def test_every_baseline_accepts_each_reform(reform, tmp_path):
         else:
             assert stages["reform"].status == "done", method
             assert stages["reform"].metrics["method"] == reform
+
+
+def test_run_help_teaches_the_presets_and_a_stage_of_an_artifact_takes_none():
+    text = CliRunner().invoke(cli, ["run", "--help"]).output
+    assert "--preset [quality|fast]" in text and "Default: quality" in " ".join(text.split())
+    assert "--preset" not in CliRunner().invoke(cli, ["reform", "--help"]).output  # its recipe is resolved already
