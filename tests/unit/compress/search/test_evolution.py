@@ -252,8 +252,9 @@ def test_sculpt_run_with_method_evolution_writes_the_spec_log_and_plot(tmp_path)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i % 13}." for i in range(300)))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("preset: fast\nsearch:\n  method: evolution\n  options: {population: 4, mutations: 2, crossovers: 1, "
-                      "parents: 2, generations: 1, fitness_windows: 2, fitness_seqlen: 16, mlp_multiple: 8}\n")
+    recipe.write_text("preset: fast\nsearch:\n  method: evolution\n"  # the method's own defaults
+                      "  options: {population: 4, mutations: 2, crossovers: 1, parents: 2, generations: 1, "
+                      "fitness_windows: 2, fitness_seqlen: 16, mlp_multiple: 8}\n")
     result = CliRunner().invoke(cli, ["run", str(recipe), "--model", str(model), "--calib-corpus", str(corpus),
                                       "--eval-corpus", str(corpus), "--calib-samples", "2", "--calib-seqlen", "32",
                                       "--ratio", "0.6", "--stages", "search", "--out", str(tmp_path / "art"), "--quiet"],
