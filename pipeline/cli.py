@@ -169,12 +169,13 @@ def cli() -> None:
 def run(recipe, stages, new, quiet, **params) -> None:
     """Run the whole pipeline into a new artifact version.
 
-    With no options this makes the best model we know how to make (the quality preset:
-    evolutionary search + ADMM reform, about 15 minutes at 0.8 for SmolLM2 on 2 CPU cores);
-    --preset fast is the 3-minute path for CI smoke runs. RECIPE is an optional YAML file;
-    flags override its keys, and both override the preset. Running the same recipe again
-    resumes its latest version: stages whose inputs and options are unchanged are skipped.
-    A failed gate (validate.gates, --baseline) exits with status 3 after the artifact is complete.
+    With no options this runs the quality preset: evolutionary search + ADMM reform, the
+    best model per kept parameter we have measured (27 minutes at 0.8 for SmolLM2 on one
+    loaded CPU core). --preset fast (uniform widths + ADMM, 6 minutes) is for CI smoke runs.
+    RECIPE is an optional YAML file; flags override its keys, and both override the preset.
+    Running the same recipe again resumes its latest version: stages whose inputs and options
+    are unchanged are skipped. A failed gate (validate.gates, --baseline) exits with status 3
+    after the artifact is complete.
     """
     from .recipe import build_recipe, load_recipe
     from .workflow import run_pipeline

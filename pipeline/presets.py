@@ -1,6 +1,6 @@
 """Presets: named, measured recipes that fill in every setting a run does not set itself.
 
-`quality` (the default) is the best pipeline measured (docs/results.md): the evolutionary search with
+`quality` (the default) is the best pipeline measured per kept parameter (docs/results.md): the evolutionary search with
 greedy reform-aware channel selection, allocated seeds and the reformed final choice, then ADMM reform.
 `fast` is the cheapest path that still reforms, for CI smoke runs and laptops. A preset sits under
 everything the user writes: recipe file and flags override it key by key, and the manifest records the
@@ -27,7 +27,8 @@ class Preset:
 QUALITY = Preset(
     "quality",
     "evolutionary search (greedy reform-aware MLP channels, allocated seeds, reformed final choice) + ADMM "
-    "reform: the best model we know how to make; about 15 minutes at 0.8 for SmolLM2-135M on 2 CPU cores",
+    "reform: the best model per kept parameter we have measured; 27 minutes at 0.8 for SmolLM2-135M (measured "
+    "on one loaded CPU core)",
     {"search.method": "evolution",
      "search.options": {"generations": 4, "mlp_selection": "greedy", "allocated_seeds": True,
                         "final_choice": "reformed", "final_candidates": 1},
@@ -35,8 +36,8 @@ QUALITY = Preset(
 )
 FAST = Preset(
     "fast",
-    "uniform importance-initialised widths + ADMM reform: no search; about 3 minutes at 0.8 for SmolLM2-135M "
-    "on 2 CPU cores",
+    "uniform importance-initialised widths + ADMM reform: no search; 6 minutes at 0.8 for SmolLM2-135M (measured "
+    "on one loaded CPU core)",
     {"search.method": "uniform", "reform.method": "admm"},
 )
 PRESETS = {preset.name: preset for preset in (QUALITY, FAST)}
