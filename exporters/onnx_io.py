@@ -88,13 +88,6 @@ class GraphIO:
             shapes[name] = (batch, self.cache_heads(name), past, self.head_dim)
         return shapes
 
-    def symbolic_input_shapes(self) -> dict[str, tuple[int | str, ...]]:
-        shapes: dict[str, tuple[int | str, ...]] = {
-            INPUT_IDS: (BATCH, SEQ), ATTENTION_MASK: (BATCH, f"{PAST} + {SEQ}"), POSITION_IDS: (BATCH, SEQ)}
-        for name in self.past_inputs:
-            shapes[name] = (BATCH, self.cache_heads(name), PAST, self.head_dim)
-        return shapes
-
     # ---- feeds -----------------------------------------------------------------
     def prefill_feeds(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Inputs for a prompt [B, S]: positions 0..S-1 after `dummy_slots` masked, zeroed cache slots."""
