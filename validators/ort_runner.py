@@ -101,15 +101,8 @@ class OrtRunner:
 
     def generate(self, input_ids: torch.LongTensor, max_new_tokens: int) -> torch.LongTensor:
         """Greedy decoding through the KV cache: the prompt [B, S] followed by `max_new_tokens` tokens."""
-        ids = input_ids.cpu().numpy().astype(np.int64)
-        outputs, mask = self.prefill(ids)
-        generated = [ids]
-        for step in range(max_new_tokens):
-            token = outputs[LOGITS][:, -1:].argmax(-1).astype(np.int64)
-            generated.append(token)
-            if step + 1 < max_new_tokens:
-                outputs, mask = self.step(token, mask, outputs)
-        return torch.from_numpy(np.concatenate(generated, axis=1))
+        tokens = self.greedy_logits(input_ids, max_new_tokens).argmax(-1)  # the tokens greedy_logits fed back
+        return torch.cat([input_ids.cpu().long(), tokens], dim=1)
 
     def greedy_logits(self, input_ids: torch.LongTensor, new_tokens: int) -> torch.Tensor:
         """[B, new_tokens, V] float32: the last position's logits after the prompt, then after each greedy token
