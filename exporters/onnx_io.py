@@ -28,6 +28,11 @@ DUMMY_SLOTS = 1  # masked cache slots in front of the first real token
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
 # Symbolic dimension names as they appear in the graph and in profiles.
 BATCH, SEQ, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequence"
+# The two kinds of call a runner makes: a prompt after the dummy slot, one token after the cache. A TensorRT
+# engine has one optimization profile for each, at these indices (exporters/trt_plan.py builds them in this
+# order, validators/trt_runner.py selects them by it).
+PREFILL, DECODE = "prefill", "decode"
+PROFILES = (PREFILL, DECODE)
 
 
 def past_names(index: int) -> tuple[str, str]:

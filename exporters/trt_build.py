@@ -54,7 +54,9 @@ def shared_timing_cache(trt, device: dict, configured: str | None) -> Path:
 
 def build_engine(plan: BuildPlan, onnx_path: Path, out_dir: Path, trt, device: dict,
                  timing_cache: str | None = None, log=print) -> dict:
-    """Write `out_dir/model.plan` and `out_dir/timing.cache`; return what the manifest records."""
+    """Write `out_dir/model.plan`, `out_dir/timing.cache` and `out_dir/io.json` (the engine's inputs and outputs,
+    what the TensorRT runner feeds it by, as the kit's io.json beside an engine built there); return what the
+    manifest records."""
     shared = shared_timing_cache(trt, device, timing_cache)
     local = out_dir / TIMING_CACHE_FILE
     reused = shared.is_file()
@@ -62,6 +64,7 @@ def build_engine(plan: BuildPlan, onnx_path: Path, out_dir: Path, trt, device: d
         shutil.copyfile(shared, local)
     record = trt_engine.build(plan.to_dict(), str(onnx_path), str(out_dir / ENGINE_FILE), str(local), trt=trt,
                               log=log)
+    plan.io.save(out_dir)
     shared.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(local, shared)
     return {

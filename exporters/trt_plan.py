@@ -7,7 +7,8 @@ three cannot disagree.
 Two optimization profiles share one engine (one copy of the weights): `prefill` runs a
 prompt after the single masked cache slot (past = 1), `decode` runs one token after a
 cache of 1..max_context slots. TensorRT tunes kernels at each profile's `opt` shape, so
-decode does not run on kernels picked for long prompts.
+decode does not run on kernels picked for long prompts. They are added in the order of
+`onnx_io.PROFILES`, which is how the TensorRT runner finds each one's index in the engine.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from pipeline.errors import SculptError
 
-from .onnx_io import GraphIO
+from .onnx_io import DECODE, PREFILL, PROFILES, GraphIO
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = "llm-sculpt/trt-plan"
@@ -77,10 +78,10 @@ class BuildPlan:
     def from_section(cls, section, io: GraphIO, graph_dtype: str) -> "BuildPlan":
         """From the recipe's `build` section (batch, prompt and context ranges) and the exported graph."""
         slots = io.dummy_slots
-        prefill = ProfileSpec("prefill", tuple(section.batch), tuple(section.prompt), (slots, slots, slots))
-        decode = ProfileSpec("decode", tuple(section.batch), (1, 1, 1), tuple(section.context))
-        return cls(graph_dtype=graph_dtype, precision=section.precision, profiles=(prefill, decode), io=io,
-                   workspace_mib=section.workspace_mib, version_compatible=section.version_compatible,
+        specs = {PREFILL: ProfileSpec(PREFILL, tuple(section.batch), tuple(section.prompt), (slots, slots, slots)),
+                 DECODE: ProfileSpec(DECODE, tuple(section.batch), (1, 1, 1), tuple(section.context))}
+        return cls(graph_dtype=graph_dtype, precision=section.precision, profiles=tuple(specs[n] for n in PROFILES),
+                   io=io, workspace_mib=section.workspace_mib, version_compatible=section.version_compatible,
                    hardware_compatibility=section.hardware_compatibility,
                    builder_optimization_level=section.optimization_level, target=section.target)
 

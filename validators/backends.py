@@ -120,11 +120,25 @@ def _check_tensorrt(files: ModelFiles) -> None:
                                 "edge kit on the device")
     if not engine_files(build):
         raise BackendUnavailable("the build stage wrote an edge kit but no engine (no GPU or TensorRT when it ran)")
+    from exporters.onnx_io import IO_FILE  # here, not at the top: importing this module loads no exporter
+
+    if not (build / IO_FILE).is_file():
+        raise BackendUnavailable(f"no {IO_FILE} beside the engine in {build} (built by an older llm-sculpt): "
+                                 "re-run `sculpt build`")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("TensorRT runs on an NVIDIA GPU, and this torch sees no CUDA GPU")
     _runner_class("validators.trt_runner", "TrtRunner")
 
 
+def _trt_device(files: ModelFiles) -> str:
+    """The GPU the engine runs on: the recipe's CUDA device, else the first GPU (an engine never runs on the CPU)."""
+    return files.device if files.device.startswith("cuda") else "cuda"
+
+
 def _open_tensorrt(files: ModelFiles) -> MeasuredRunner:
-    return _runner_class("validators.trt_runner", "TrtRunner").from_build_dir(files.build)
+    return _runner_class("validators.trt_runner", "TrtRunner").from_build_dir(files.build, device=_trt_device(files))
 
 
 BACKENDS = {

@@ -1,26 +1,27 @@
 """ONNX Runtime backend: scores, greedy generation with a KV cache, and latency, from an exported graph.
 
-It feeds the graph exactly as TensorRT would be fed (see exporters/onnx_io.py): every
-prompt starts after one masked dummy cache slot, so no input ever has a zero-length
-dimension, and the cache it returns is passed back in as the next step's past.
+It feeds the graph exactly as TensorRT is fed (see exporters/onnx_io.py): every prompt
+starts after one masked dummy cache slot, so no input ever has a zero-length dimension,
+and the cache it returns is passed back in as the next step's past. That loop is
+`graph_runner.GraphRunner`, shared with the TensorRT runner; this module is one call of the
+graph through an ONNX Runtime session.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from exporters.onnx_io import LOGITS, GraphIO
 from pipeline.errors import SculptError
-from pipeline.measures.latency import DecodeResult, Timing, summarise, time_call
+
+from .graph_runner import GraphRunner
 
 MODEL_FILE = "model.onnx"
 
 
-class OrtRunner:
+class OrtRunner(GraphRunner):
     """An exported decoder graph behind the `MeasuredRunner` and `DecodingRunner` protocols."""
 
     name = "onnxruntime"
@@ -85,69 +86,8 @@ class OrtRunner:
             outputs[LOGITS] = outputs[LOGITS].numpy()
         return outputs
 
-    def prefill(self, input_ids: np.ndarray, logits_on_host: bool = True) -> tuple[dict, np.ndarray]:
-        """Run a prompt [B, S]; returns the outputs and the attention mask the cache now corresponds to."""
-        feeds = self.io.prefill_feeds(input_ids)
-        return self.run(feeds, logits_on_host), feeds["attention_mask"]
-
-    def step(self, tokens: np.ndarray, mask: np.ndarray, outputs: dict[str, np.ndarray]) -> tuple[dict, np.ndarray]:
-        """One decode step: `tokens` [B, 1] after the cache in `outputs`; returns the new outputs and mask."""
-        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=mask.dtype)], axis=1)
-        return self.run(self.io.decode_feeds(tokens, mask, outputs)), mask
-
-    def logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        outputs, _ = self.prefill(input_ids.cpu().numpy())
-        return torch.from_numpy(outputs[LOGITS].astype(np.float32, copy=False))
-
-    def generate(self, input_ids: torch.LongTensor, max_new_tokens: int) -> torch.LongTensor:
-        """Greedy decoding through the KV cache: the prompt [B, S] followed by `max_new_tokens` tokens."""
-        tokens = self.greedy_logits(input_ids, max_new_tokens).argmax(-1)  # the tokens greedy_logits fed back
-        return torch.cat([input_ids.cpu().long(), tokens], dim=1)
-
-    def greedy_logits(self, input_ids: torch.LongTensor, new_tokens: int) -> torch.Tensor:
-        """[B, new_tokens, V] float32: the last position's logits after the prompt, then after each greedy token
-        fed back through the KV cache (`DecodingRunner`, what the export stage's parity check compares)."""
-        outputs, mask = self.prefill(input_ids.cpu().numpy())
-        steps = []
-        for step in range(new_tokens):
-            steps.append(torch.from_numpy(outputs[LOGITS][:, -1].astype(np.float32)))
-            if step + 1 < new_tokens:
-                token = steps[-1].argmax(-1)
-                outputs, mask = self.step(token[:, None].numpy().astype(np.int64), mask, outputs)
-        return torch.stack(steps, dim=1)
-
-    # ---- latency -------------------------------------------------------------------
-    def _random_ids(self, batch: int, length: int, seed: int = 0) -> np.ndarray:
-        return np.random.default_rng(seed).integers(0, self.io.vocab_size, (batch, length), dtype=np.int64)
-
-    def prefill_latency(self, seq_len: int, batch: int = 1, warmup: int = 1, repeats: int = 5) -> Timing:
-        """Time to run a prompt of `seq_len` tokens, filling the KV cache (the graph scores every position;
-        on a GPU the logits stay there, as torch's do)."""
-        ids = self._random_ids(batch, seq_len)
-        return time_call(lambda: self.prefill(ids, logits_on_host=False), warmup, repeats)
-
-    def decode_throughput(self, batch: int = 1, prompt_len: int = 32, new_tokens: int = 32, warmup: int = 1,
-                          repeats: int = 3) -> DecodeResult:
-        """Greedy decoding with the KV cache, one token per step after an untimed prefill."""
-        ids = self._random_ids(batch, prompt_len)
-        samples: list[float] = []
-
-        def decode_loop() -> None:
-            outputs, mask = self.prefill(ids)
-            start = time.perf_counter()
-            for _ in range(new_tokens):
-                token = outputs[LOGITS][:, -1:].argmax(-1).astype(np.int64)
-                outputs, mask = self.step(token, mask, outputs)
-            samples.append((time.perf_counter() - start) / new_tokens)
-
-        for _ in range(warmup):
-            decode_loop()
-        samples.clear()
-        for _ in range(repeats):
-            decode_loop()
-        step = summarise(samples)
-        return DecodeResult(tokens_per_s=batch / step.median_s, step=step, batch=batch, prompt_len=prompt_len,
-                            new_tokens=new_tokens)
+    def _execute(self, feeds: dict, profile: str, logits_on_host: bool) -> dict:
+        return self.run(feeds, logits_on_host)  # one graph serves prompts and steps alike
 
 
 def execution_providers(device: str, available: list[str]) -> list[str]:
