@@ -123,8 +123,15 @@ class ColumnFix:
 
 
 def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tensor, mean_input: torch.Tensor,
-                   kept: torch.Tensor, rho: float = ADMM_RHO, iterations: int = ADMM_ITERATIONS) -> ColumnFix:
-    """The kept columns of `weight` corrected by `method` (one of REFORM_METHODS), float64."""
+                   kept: torch.Tensor, rho: float = ADMM_RHO, iterations: int = ADMM_ITERATIONS,
+                   intercept: bool = False) -> ColumnFix:
+    """The kept columns of `weight` corrected by `method` (one of REFORM_METHODS), float64.
+
+    `intercept` (admm, least-squares): fit an output bias together with the kept columns, as a column for a
+    constant input 1 that is never pruned. For a projection that already carries a compensation bias (FLAP's)
+    this refits that bias with the weights instead of adding a second correction on top of it."""
+    if intercept and method in ("admm", "least-squares"):
+        return _with_intercept(method, weight, second_moment, mean_input, kept, rho, iterations)
     if method == "admm":
         return ColumnFix(admm_reform(weight, second_moment, kept, rho, iterations)[:, kept])
     if method == "least-squares":
@@ -132,3 +139,20 @@ def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tenso
     if method == "bias":
         return ColumnFix(weight.double()[:, kept], compensation_bias(weight, mean_input, kept))
     raise ValueError(f"unknown reform method {method!r}; expected one of {REFORM_METHODS}")
+
+
+def _with_intercept(method: str, weight: torch.Tensor, second_moment: torch.Tensor, mean_input: torch.Tensor,
+                    kept: torch.Tensor, rho: float, iterations: int) -> ColumnFix:
+    """`reform_columns` on the inputs [x; 1]: G grows a row and column of E[x] and E[1] = 1, W a zero column
+    (the target has no bias of its own), and the constant's column, always kept, comes back as the bias."""
+    inputs = weight.shape[1]
+    mean = mean_input.double().reshape(-1)
+    augmented = torch.zeros(inputs + 1, inputs + 1, dtype=torch.float64)
+    augmented[:inputs, :inputs] = second_moment.double()
+    augmented[:inputs, inputs] = augmented[inputs, :inputs] = mean
+    augmented[inputs, inputs] = 1.0
+    padded = torch.cat([weight.double(), torch.zeros(weight.shape[0], 1, dtype=torch.float64)], dim=1)
+    kept_augmented = torch.cat([torch.as_tensor(kept, dtype=torch.long), torch.tensor([inputs])])
+    fix = reform_columns(method, padded, augmented, torch.cat([mean, mean.new_ones(1)]), kept_augmented, rho,
+                         iterations)
+    return ColumnFix(fix.weight[:, :-1], fix.weight[:, -1])

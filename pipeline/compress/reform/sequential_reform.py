@@ -177,8 +177,11 @@ class _Reformer:
         original = self.adapter.output_projection(dense_layer, module)
         weight = original.weight.detach().double().cpu()
         second, mean = moments.mean().cpu(), moments.input_mean().cpu()
-        fix = reform_columns(settings.method, weight, second, mean, kept, settings.rho, settings.iterations)
         target = self.adapter.output_projection(layer, module)
+        # a bias the dense projection lacks is a method's compensation (FLAP's): refit it with the weights
+        compensated = target.bias is not None and original.bias is None
+        fix = reform_columns(settings.method, weight, second, mean, kept, settings.rho, settings.iterations,
+                             intercept=compensated)
         self._store(target.weight, fix.weight)
         if fix.bias is not None:
             if target.bias is None:

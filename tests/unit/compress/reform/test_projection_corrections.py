@@ -92,3 +92,18 @@ def test_reform_columns_dispatches_every_method_and_names_the_choices_on_a_typo(
         assert (fix.bias is not None) == (method == "bias")
     with pytest.raises(ValueError, match="least-squares"):
         reform_columns("lstsq", weight, second, mean, kept)
+
+
+@pytest.mark.parametrize("method", ["admm", "least-squares"])
+def test_intercept_fits_a_bias_with_the_columns_and_beats_the_columns_alone(method):
+    x, weight, kept, second = pruned_problem()  # inputs with a non-zero mean
+    plain = reform_columns(method, weight, second, x.mean(0), kept)
+    joint = reform_columns(method, weight, second, x.mean(0), kept, intercept=True)
+    assert plain.bias is None and joint.bias.shape == (weight.shape[0],)
+    assert (output_error(weight, second, joint.weight, kept, joint.bias, x.mean(0))
+            < output_error(weight, second, plain.weight, kept))
+    if method == "least-squares":  # the exact minimiser over columns and bias, as lstsq on [x_K, 1] finds it
+        design = torch.cat([x[:, kept], torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        direct = torch.linalg.lstsq(design, x @ weight.T).solution.T
+        torch.testing.assert_close(joint.weight, direct[:, :-1], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(joint.bias, direct[:, -1], atol=1e-4, rtol=1e-4)
