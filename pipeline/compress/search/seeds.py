@@ -39,7 +39,7 @@ def seed_genomes(base: BaseDims, importance: list[LayerImportance], space: Searc
         low, high, best = 0, len(widths) - 1, None
         while low <= high:  # verdicts only grow with width: bisect for the widest that does not overshoot
             middle = (low + high) // 2
-            genome = genome_from_spec(uniform_spec(base, importance, shape, widths[middle]))
+            genome = genome_from_spec(uniform_spec(base, importance, shape, [widths[middle]] * base.num_layers))
             if budget.verdict(genome) == "shrink":
                 high = middle - 1
             else:

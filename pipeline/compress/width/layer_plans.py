@@ -18,7 +18,7 @@ from pipeline.errors import SculptError
 from pipeline.models.spec import BaseDims, attention_parameters, dense_decoder_parameters, mlp_parameters
 
 from .legal_widths import AttentionShape, nearest_attention_shape, snap_width
-from .uniform import layer_budget, proportional_shape, width_with
+from .uniform import layer_budget, proportional_shape, widths_with
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,16 @@ def uniform_plan(base: BaseDims, ratio: float, mlp_multiple: int, keep_first: in
                           "lower keep_first/keep_last or raise the ratio")
     per_layer = min(per_layer, 1.0)
     if attention_ratio is None:
-        shape, width = proportional_shape(base, per_layer, mlp_multiple)
+        shape, widths = proportional_shape(base, per_layer, mlp_multiple, pruned)
     else:
         shape = nearest_attention_shape(base, attention_ratio * attention_parameters(base, base.num_heads,
                                                                                      base.num_kv_heads))
-        width = width_with(base, shape, per_layer, mlp_multiple)
-        if width <= 0:
+        widths = widths_with(base, shape, per_layer, mlp_multiple, pruned)
+        if min(widths) <= 0:
             raise SculptError(f"attention_ratio {attention_ratio} leaves the MLP nothing at ratio {ratio}; "
                               "lower attention_ratio or raise the ratio")
     plans = [LayerPlan.dense(base)] * base.num_layers
-    return plans[:keep_first] + [LayerPlan(shape, width)] * pruned + plans[base.num_layers - keep_last:]
+    return plans[:keep_first] + [LayerPlan(shape, width) for width in widths] + plans[base.num_layers - keep_last:]
 
 
 def global_plan(base: BaseDims, ratio: float, group_scores: list[torch.Tensor], channel_scores: list[torch.Tensor],
@@ -79,8 +79,9 @@ def global_plan(base: BaseDims, ratio: float, group_scores: list[torch.Tensor], 
     """Keep the highest-scoring KV groups and MLP channels of all layers within `ratio` of the decoder parameters.
 
     Units are kept in score order; each layer's kept channel count snaps to `mlp_multiple`.
-    The cut point is the one whose total parameters (after snapping, biases included) come
-    closest to the budget; the total only grows as units are added, so bisection finds it.
+    The cut point is the last whose total parameters (after snapping, biases included) stay within
+    the budget (`--ratio` is a cap for every method); the total only grows as units are added, so
+    bisection finds it.
     """
     layers = len(group_scores)
     scores = torch.cat([*group_scores, *channel_scores]).double()
@@ -101,9 +102,8 @@ def global_plan(base: BaseDims, ratio: float, group_scores: list[torch.Tensor], 
         return sum(plan_parameters(base, plan, out_bias) for plan in plans(count))
 
     budget = ratio * dense_decoder_parameters(base)
-    low, high = 0, len(order)  # smallest count whose total reaches the budget
+    low, high = 0, len(order)  # the largest count whose total stays within the budget
     while low < high:
-        middle = (low + high) // 2
-        low, high = (middle + 1, high) if total(middle) < budget else (low, middle)
-    best = min({max(low - 1, 0), low}, key=lambda count: abs(total(count) - budget))
-    return plans(best)
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if total(middle) <= budget else (low, middle - 1)
+    return plans(low)

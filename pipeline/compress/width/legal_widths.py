@@ -47,10 +47,19 @@ def snap_width(width: float, multiple: int, maximum: int) -> int:
     return max(0, min(snapped, maximum))
 
 
-def mlp_width_for(base: BaseDims, params: float, multiple: int) -> int:
-    """The snapped MLP width whose parameter count is closest to `params`."""
+def spread_widths(base: BaseDims, layers: int, allowance: float, multiple: int) -> list[int]:
+    """MLP widths for `layers` layers whose MLPs may hold `allowance` parameters in all, never more: every layer
+    the widest snapped width that fits, then one more multiple in as many evenly spaced layers as the rest pays
+    for. `--ratio` is a cap for every method, so methods compare at (nearly) the same kept parameters."""
     per_channel = mlp_parameters(base, 1) - mlp_parameters(base, 0)
-    return snap_width((params - mlp_parameters(base, 0)) / per_channel, multiple, base.intermediate_size)
+    room = (allowance / layers - mlp_parameters(base, 0)) / per_channel
+    width = min(int(room // multiple) * multiple, base.intermediate_size) if room >= 0 else 0
+    wider = min(width + multiple, base.intermediate_size)
+    step = mlp_parameters(base, wider) - mlp_parameters(base, width)
+    left = allowance - layers * mlp_parameters(base, width)
+    extra = min(layers, int(left // step)) if step > 0 and left > 0 else 0
+    chosen = {int((i + 0.5) * layers / extra) for i in range(extra)}
+    return [wider if i in chosen else width for i in range(layers)]
 
 
 def top_units(scores: torch.Tensor, count: int) -> tuple[int, ...]:

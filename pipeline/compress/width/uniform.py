@@ -30,8 +30,8 @@ from .legal_widths import (
     AttentionShape,
     attention_shapes,
     layer_spec,
-    mlp_width_for,
     nearest_attention_shape,
+    spread_widths,
 )
 
 
@@ -46,25 +46,29 @@ def layer_budget(base: BaseDims, ratio: float) -> float:
                     + mlp_parameters(base, base.intermediate_size))
 
 
-def width_with(base: BaseDims, shape: AttentionShape, ratio: float, mlp_multiple: int) -> int:
-    """The MLP width that fills a layer's budget next to attention of `shape`."""
+def widths_with(base: BaseDims, shape: AttentionShape, ratio: float, mlp_multiple: int,
+                layers: int | None = None) -> list[int]:
+    """The MLP widths of `layers` layers (default: all) that fill, never overshoot, their budget next to attention
+    of `shape`: one snapped width, a multiple wider in evenly spaced layers (legal_widths.spread_widths)."""
+    layers = base.num_layers if layers is None else layers
     left = layer_budget(base, ratio) - attention_parameters(base, shape.num_heads, shape.num_kv_heads)
-    return mlp_width_for(base, left, mlp_multiple)
+    return spread_widths(base, layers, layers * left, mlp_multiple)
 
 
-def proportional_shape(base: BaseDims, ratio: float, mlp_multiple: int) -> tuple[AttentionShape, int]:
-    """Attention keeps the legal shape nearest to `ratio` of its parameters; the MLP fills the rest."""
+def proportional_shape(base: BaseDims, ratio: float, mlp_multiple: int,
+                       layers: int | None = None) -> tuple[AttentionShape, list[int]]:
+    """Attention keeps the legal shape nearest to `ratio` of its parameters; the MLPs fill the rest."""
     shape = nearest_attention_shape(base, ratio * attention_parameters(base, base.num_heads, base.num_kv_heads))
-    return shape, width_with(base, shape, ratio, mlp_multiple)
+    return shape, widths_with(base, shape, ratio, mlp_multiple, layers)
 
 
-def candidate_shapes(base: BaseDims, ratio: float, mlp_multiple: int) -> list[tuple[AttentionShape, int]]:
-    """Every legal attention shape that leaves the MLP a non-empty width within the budget."""
+def candidate_shapes(base: BaseDims, ratio: float, mlp_multiple: int) -> list[tuple[AttentionShape, list[int]]]:
+    """Every legal attention shape that leaves every MLP a non-empty width within the budget."""
     candidates = []
     for shape in attention_shapes(base):
-        width = width_with(base, shape, ratio, mlp_multiple)
-        if width > 0:
-            candidates.append((shape, width))
+        widths = widths_with(base, shape, ratio, mlp_multiple)
+        if min(widths) > 0:
+            candidates.append((shape, widths))
     return candidates
 
 
@@ -84,9 +88,11 @@ def too_small(base: BaseDims, ratio: float, mlp_multiple: int) -> SculptError:
         "whole layers (shortgpt, sleb, streamline)")
 
 
-def uniform_spec(base: BaseDims, importance: list[LayerImportance], shape: AttentionShape, width: int,
+def uniform_spec(base: BaseDims, importance: list[LayerImportance], shape: AttentionShape, widths: list[int],
                  notes: dict | None = None) -> ArchSpec:
-    layers = tuple(layer_spec(i, imp, base, shape, width) for i, imp in enumerate(importance))
+    """Every layer with attention of `shape` and its MLP width from `widths`, kept units by `importance`."""
+    layers = tuple(layer_spec(i, imp, base, shape, width) for i, imp, width in zip(range(len(importance)),
+                                                                                  importance, widths))
     return ArchSpec(base, layers, notes=dict(notes or {})).validate()
 
 
@@ -96,8 +102,8 @@ def run_uniform(ctx: MethodContext, ratio: float, options: UniformOptions) -> Me
     # The shapes depend only on the ratio and the model's dimensions: reject an impossible ratio before the
     # importance pass (66 s on SmolLM2 on this 2-core CPU) rather than after it.
     if options.split == "proportional":
-        shape, width = proportional_shape(ctx.base, ratio, options.mlp_multiple)
-        candidates = [(shape, width)] if width > 0 else []
+        shape, widths = proportional_shape(ctx.base, ratio, options.mlp_multiple)
+        candidates = [(shape, widths)] if min(widths) > 0 else []
     else:
         candidates = candidate_shapes(ctx.base, ratio, options.mlp_multiple)
     if not candidates:
@@ -108,12 +114,12 @@ def run_uniform(ctx: MethodContext, ratio: float, options: UniformOptions) -> Me
         return MethodResult(spec=uniform_spec(ctx.base, importance, *candidates[0], notes))
     windows = ctx.calibration[: options.fitness_windows]
     tried = {}
-    for shape, width in tqdm(candidates, desc="uniform split",
-                             unit="shape", disable=not ctx.progress):
-        spec = uniform_spec(ctx.base, importance, shape, width, notes)
-        tried[(shape, width)] = (calibration_perplexity(slice_model(ctx.model, spec), windows, ctx.batch_size), spec)
-    (shape, width), (ppl, spec) = min(tried.items(), key=lambda item: item[1][0])
-    metrics = {"split_heads": shape.num_heads, "split_kv_heads": shape.num_kv_heads, "split_mlp_width": width,
-               "split_calibration_ppl": ppl,
-               "splits_tried": {f"{s.num_kv_heads}x{s.per_group}+{w}": round(p, 4) for (s, w), (p, _) in tried.items()}}
+    for shape, widths in tqdm(candidates, desc="uniform split", unit="shape", disable=not ctx.progress):
+        spec = uniform_spec(ctx.base, importance, shape, widths, notes)
+        tried[shape] = (calibration_perplexity(slice_model(ctx.model, spec), windows, ctx.batch_size), spec, widths)
+    shape, (ppl, spec, widths) = min(tried.items(), key=lambda item: item[1][0])
+    metrics = {"split_heads": shape.num_heads, "split_kv_heads": shape.num_kv_heads,
+               "split_mlp_widths": sorted(set(widths)), "split_calibration_ppl": ppl,
+               "splits_tried": {f"{s.num_kv_heads}x{s.per_group}+{min(w)}": round(p, 4)
+                                for s, (p, _, w) in tried.items()}}
     return MethodResult(spec=spec, metrics=metrics)

@@ -29,7 +29,7 @@ def tiny_run(tmp_path):
     recipe = light_validate_recipe(tmp_path)  # these tests are about the CLI, not timings
     args = ["run", str(recipe), "--model", str(model), "--calib-corpus", str(corpus), "--eval-corpus", str(corpus),
             "--calib-samples", "4", "--calib-seqlen", "32", "--seq-len", "64", "--max-windows", "2",
-            "--ratio", "0.6", "--out", str(tmp_path / "artifacts"), "--quiet"]
+            "--ratio", "0.75", "--out", str(tmp_path / "artifacts"), "--quiet"]
     return tmp_path, args
 
 

@@ -75,7 +75,7 @@ def test_every_baseline_accepts_each_reform(reform, tmp_path):
         recipe = build_recipe(overrides={
             "preset": "fast", "model.source": str(model), "data.calibration": str(corpus),
             "data.evaluation": str(corpus), "data.calib_samples": 8, "data.calib_seqlen": 32,
-            "search.method": method, "search.ratio": 0.9 if method.startswith("attn") else 0.7,
+            "search.method": method, "search.ratio": 0.9 if method.startswith("attn") else 0.75,
             "reform.method": reform, "output": str(tmp_path / method)})
         artifact = run_pipeline(recipe, stages=["search", "reform", "slice"], progress=False)
         stages = {stage.name: stage for stage in artifact.manifest.stages}

@@ -103,9 +103,13 @@ def test_uniform_plan_keeps_edge_layers_dense_and_meets_the_ratio():
     model = tiny_model("llama", num_hidden_layers=6)
     base = adapter_for(model.config).dims(model.config)
     plans = uniform_plan(base, 0.7, 8, keep_first=1, keep_last=1)
-    assert plans[0] == plans[-1] == LayerPlan.dense(base) and len(set(plans[1:-1])) == 1
-    total = sum(plan_parameters(base, plan) for plan in plans)
-    assert total / dense_decoder_parameters(base) == pytest.approx(0.7, abs=0.05)
+    assert plans[0] == plans[-1] == LayerPlan.dense(base)
+    # one attention shape; MLP widths at most one multiple apart, so the kept parameters meet the ratio from below
+    assert len({plan.shape for plan in plans[1:-1]}) == 1 and len({plan.width for plan in plans[1:-1]}) <= 2
+    assert max(plan.width for plan in plans[1:-1]) - min(plan.width for plan in plans[1:-1]) <= 8
+    ratio = sum(plan_parameters(base, plan) for plan in plans) / dense_decoder_parameters(base)
+    step = 4 * 3 * base.hidden_size * 8 / dense_decoder_parameters(base)  # what one more multiple in every layer costs
+    assert 0.7 - step <= ratio <= 0.7
 
 
 def test_uniform_plan_with_whole_attention_spends_the_cut_on_the_mlp():

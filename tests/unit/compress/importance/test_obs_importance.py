@@ -82,13 +82,14 @@ def test_importance_covers_every_unit_of_every_layer(family_model):
 
 @pytest.mark.parametrize("split", ["calibrated", "proportional"])
 @pytest.mark.parametrize("ratio", [1.0, 0.7, 0.5])
-def test_uniform_method_keeps_the_ratio_in_identical_layers(split, ratio):
+def test_uniform_method_meets_the_ratio_from_below_with_one_shape_in_every_layer(split, ratio):
     model = tiny_model("llama")
     result = run_uniform(context(model), ratio, UniformOptions(mlp_multiple=8, split=split))
     spec = result.spec.validate()
-    shapes = {(l.num_heads, l.num_kv_heads, l.intermediate_size) for l in spec.layers}
-    assert len(shapes) == 1
-    assert decoder_ratio(spec) == pytest.approx(ratio, abs=0.05)
+    assert len({(l.num_heads, l.num_kv_heads) for l in spec.layers}) == 1
+    widths = [l.intermediate_size for l in spec.layers]
+    assert max(widths) - min(widths) <= 8  # one snapped width, a multiple wider where the budget pays for it
+    assert ratio - 0.05 <= decoder_ratio(spec) <= ratio + 1e-9
     if ratio == 1.0:
         assert spec == ArchSpec(spec.base, ArchSpec.dense(spec.base).layers, notes=spec.notes)
 
@@ -103,8 +104,8 @@ def test_calibrated_split_picks_the_candidate_with_the_lowest_calibration_perple
 
 def test_proportional_split_rounds_attention_to_whole_heads():
     base = adapter_for(tiny_model("llama").config).dims(tiny_model("llama").config)
-    shape, width = proportional_shape(base, 0.5, 8)
-    assert shape.num_heads * 2 <= 6 + 2 and width % 8 == 0
+    shape, widths = proportional_shape(base, 0.5, 8)
+    assert shape.num_heads * 2 <= 6 + 2 and all(width % 8 == 0 for width in widths)
 
 
 @pytest.mark.parametrize("split", ["calibrated", "proportional"])
