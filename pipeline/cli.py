@@ -163,7 +163,8 @@ def cli() -> None:
 @cli.command()
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @recipe_flags
-@click.option("--stages", help="Comma-separated stages to run (default: all), e.g. search,slice.")
+@click.option("--stages", help="Comma-separated stages to run (default: all), e.g. search,slice. Without "
+              "the onnx extra, all skips export and build (recorded with the reason); naming them is an error.")
 @click.option("--new", is_flag=True, help="Start a new version even if the latest one has this recipe.")
 @progress_flag
 def run(recipe, stages, new, quiet, **params) -> None:
@@ -236,7 +237,10 @@ def lint(onnx_path, targets) -> None:
 
     Exit status 1 when any target would refuse the graph.
     """
-    from exporters.trt_lint import lint as lint_graph
+    from .stages import needs_extra
+
+    with needs_extra("sculpt lint", "onnx"):
+        from exporters.trt_lint import lint as lint_graph
 
     path = Path(onnx_path)
     for candidate in (path / "export" / "model.onnx", path / "model.onnx"):

@@ -6,6 +6,11 @@
 
 A failed quality gate raises `GateFailure` (exit status 3 in the CLI) after every selected
 stage has run and been recorded; `gate_failures(artifact)` reads the verdict of any version.
+
+Stage modules are imported as their stage runs. The full pipeline records a stage whose optional
+extra is not installed (export and build without `onnx`) as skipped, the install command as the
+reason, and goes on (validate then measures torch alone); a stage asked for by name raises that
+reason as a `MissingExtra` error instead.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from .errors import GateFailure, SculptError
 from .models.loading import describe_source
 from .paths import sha256_file
 from .recipe import Recipe, build_recipe
-from .stages import STAGE_NAMES, STAGES, StageContext
+from .stages import STAGE_NAMES, STAGES, MissingExtra, StageContext, check_stage_names, load_stage, needs_extra
 
 
 def open_or_create(recipe: Recipe, new: bool = False) -> tuple[Artifact, bool]:
@@ -49,28 +54,42 @@ def source_record(ref: str) -> dict:
     return record
 
 
-def select_stages(names: Iterable[str] | None) -> list:
+def select_stages(names: Iterable[str] | None) -> list[str]:
+    """The names of the stages to run, in pipeline order (all of them when `names` is empty)."""
     if not names:
-        return list(STAGES)
+        return list(STAGE_NAMES)
     names = list(names)
-    unknown = [n for n in names if n not in STAGE_NAMES]
-    if unknown:
-        raise SculptError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGE_NAMES)}")
-    return [stage for stage in STAGES if stage.NAME in names]
+    check_stage_names(names)
+    return [name for name in STAGE_NAMES if name in names]
 
 
-def run_stages(ctx: StageContext, stages: list, force: bool = False) -> None:
-    """Run `stages` in pipeline order; a stage whose options and inputs are unchanged is skipped."""
-    for stage in stages:
-        if not force and ctx.artifact.is_current(stage.NAME, stage.options(ctx), stage.inputs(ctx)):
-            ctx.say(f"= {stage.NAME}: up to date")
-            continue
-        ctx.say(f"> {stage.NAME}")
-        began = time.perf_counter()
-        stage.run(ctx)
-        record = ctx.artifact.record(stage.NAME)
-        detail = f"skipped: {record.reason}" if record.status == "skipped" else f"{time.perf_counter() - began:.1f} s"
-        ctx.say(f"  {stage.NAME} {record.status} ({detail})")
+def run_stages(ctx: StageContext, names: list[str], force: bool = False, skip_missing_extras: bool = False) -> None:
+    """Run the stages `names` in pipeline order; a stage whose options and inputs are unchanged is skipped.
+
+    A stage whose optional extra is not installed raises MissingExtra, or with `skip_missing_extras` is
+    recorded as skipped with that reason while the others go on.
+    """
+    for name in names:
+        try:
+            with needs_extra(f"stage {name}", STAGES[name]):
+                _run_stage(ctx, load_stage(name), force)
+        except MissingExtra as missing:
+            if not skip_missing_extras:
+                raise
+            ctx.artifact.skip(name, str(missing))
+            ctx.say(f"  {name} skipped ({missing})")
+
+
+def _run_stage(ctx: StageContext, stage, force: bool) -> None:
+    if not force and ctx.artifact.is_current(stage.NAME, stage.options(ctx), stage.inputs(ctx)):
+        ctx.say(f"= {stage.NAME}: up to date")
+        return
+    ctx.say(f"> {stage.NAME}")
+    began = time.perf_counter()
+    stage.run(ctx)
+    record = ctx.artifact.record(stage.NAME)
+    detail = f"skipped: {record.reason}" if record.status == "skipped" else f"{time.perf_counter() - began:.1f} s"
+    ctx.say(f"  {stage.NAME} {record.status} ({detail})")
 
 
 def preflight(recipe: Recipe) -> None:
@@ -91,11 +110,14 @@ def run_pipeline(recipe: Recipe, stages: Iterable[str] | None = None, new: bool 
     """Run the pipeline (or the named stages) for `recipe`; resumes an interrupted run of the same recipe."""
     selected = select_stages(stages)
     preflight(recipe)
+    if stages:  # stages asked for by name must run: a missing extra fails now, before any work
+        for name in selected:
+            load_stage(name)
     artifact, resumed = open_or_create(recipe, new=new)
     ctx = StageContext(artifact, recipe, progress)
     ctx.say(f"{'resuming' if resumed else 'artifact'} {artifact.path}")
-    run_stages(ctx, selected)
-    if any(stage.NAME == "validate" for stage in selected):
+    run_stages(ctx, selected, skip_missing_extras=not stages)
+    if "validate" in selected:
         enforce_gates(artifact)
     return artifact
 
@@ -103,6 +125,7 @@ def run_pipeline(recipe: Recipe, stages: Iterable[str] | None = None, new: bool 
 def run_stage(artifact_path: str | Path, stage: str, overrides: dict | None = None, force: bool = False,
               progress: bool = True) -> Artifact:
     """Run one stage in an existing artifact, with its recorded recipe plus `overrides`."""
+    load_stage(stage)  # an unknown stage or a missing extra fails before anything else
     artifact = Artifact.open(artifact_path)
     recipe = build_recipe(artifact.manifest.recipe, overrides, where=f"recipe of {artifact.path}")
     ctx = StageContext(artifact, recipe, progress)
