@@ -3,6 +3,12 @@
 Pure functions of plain dicts (the metrics the validate stage records in the manifest), so a
 gate's verdict can be recomputed from any artifact. Each result carries one readable line
 saying which gate failed and by how much.
+
+Speed gates judge a speed-up measured side by side: its median and the spread of its per-round
+ratios (`pipeline.measures.speedup`). When the spread straddles the limit (the margin is smaller
+than the run's noise), or there were too few rounds to measure the noise, the result is
+`undecidable`, not passed or failed; `failing` says whether the recipe counts it as a failure
+(`validate.on_undecidable: fail`) or as a warning (`warn`).
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-GATE_STATUSES = ("passed", "failed", "skipped")
+from pipeline.measures.speedup import MIN_PAIRS, UNDECIDABLE, judge_at_least
+
+GATE_STATUSES = ("passed", "failed", "skipped", UNDECIDABLE)
+ON_UNDECIDABLE = ("fail", "warn")  # what an undecidable result does to the verdict
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -44,11 +53,12 @@ def format_size(count: float) -> str:
 @dataclass(frozen=True)
 class GateResult:
     gate: str  # the recipe key (validate.gates.<gate>, or "baseline")
-    status: str  # passed | failed | skipped
+    status: str  # passed | failed | skipped | undecidable
     detail: str  # what was measured against what limit, for a person
     subject: str | None = None  # the backend, batch size or length the result is about
     value: float | None = None
     limit: float | None = None
+    spread: tuple[float, float] | None = None  # low-high of a speed-up's per-round ratios
 
     @property
     def label(self) -> str:
@@ -59,6 +69,14 @@ class GateResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def failing(results: list[GateResult], on_undecidable: str = "fail") -> list[GateResult]:
+    """The results that make the verdict fail: every failed one, and the undecidable ones when the recipe says
+    `on_undecidable: fail`."""
+    if on_undecidable not in ON_UNDECIDABLE:
+        raise ValueError(f"on_undecidable must be one of {', '.join(ON_UNDECIDABLE)}, not {on_undecidable!r}")
+    return [r for r in results if r.status == "failed" or (r.status == UNDECIDABLE and on_undecidable == "fail")]
 
 
 def check_gates(metrics: dict[str, Any], gates: dict[str, Any]) -> list[GateResult]:
@@ -113,9 +131,7 @@ def _speedup(gate: str, key: str, what: str):
         speedups = metrics.get(key) or {}
         if not speedups:
             return [GateResult(gate, "skipped", "no timings of both the source and the sculpted model")]
-        return [_lower(gate, value, limit, f"{what} {subject}: {value:.3f}x the source; limit {limit:g}x",
-                       lambda short: f"short by {short:.3f}x", subject=subject)
-                for subject, value in speedups.items()]
+        return [_at_least(gate, speedup, limit, f"{what} {subject}", subject) for subject, speedup in speedups.items()]
     return check
 
 
@@ -152,17 +168,46 @@ def check_baseline(metrics: dict[str, Any], baseline: dict[str, Any], where: str
                       f"perplexity {metrics['ppl']:.3f} vs {baseline['ppl']:.3f} in {where} ({change:+.2f} %); "
                       f"tolerance +{tolerance_pct:g} %", lambda over: f"over by {over:.2f} points", subject="ppl")]
     if speed_tolerance_pct is not None:
-        now, before = metrics.get("decode_speedup"), baseline.get("decode_speedup")
+        now, before = headline_decode_speedup(metrics), baseline.get("decode_speedup")
         if now is None or before is None:
             results.append(GateResult("baseline", "skipped", f"no decode speed-up in {'this run' if now is None else where}",
                                       subject="decode_speedup"))
         else:
-            drop = 100 * (1 - now / before)
-            results.append(_upper("baseline", drop, speed_tolerance_pct,
-                                  f"decode speed-up {now:.3f}x vs {before:.3f}x in {where} ({-drop:+.2f} %); "
-                                  f"tolerance -{speed_tolerance_pct:g} %", lambda over: f"over by {over:.2f} points",
-                                  subject="decode_speedup"))
+            floor = before * (1 - speed_tolerance_pct / 100)
+            results.append(_at_least("baseline", now, floor, f"decode speed-up ({before:.3f}x in {where}, "
+                                     f"tolerance -{speed_tolerance_pct:g} %)", "decode_speedup"))
     return results
+
+
+def headline_decode_speedup(metrics: dict[str, Any]) -> dict | float | None:
+    """The decode speed-up at the smallest batch size (the headline's), with its spread when it has one."""
+    by_batch = metrics.get("decode_speedup_by_batch") or {}
+    if by_batch:
+        return by_batch[min(by_batch, key=int)]
+    return metrics.get("decode_speedup")
+
+
+def _at_least(gate: str, speedup: dict | float, limit: float, what: str, subject: str | None) -> GateResult:
+    """A speed-up against the least it may be: decided only when its whole spread is on one side of `limit`."""
+    if not isinstance(speedup, dict):  # recorded by an llm-sculpt that timed the source in another run
+        return GateResult(gate, UNDECIDABLE, f"{what}: {speedup:.3f}x has no spread of side-by-side rounds "
+                          f"(measured by an older llm-sculpt): run `sculpt validate` again", subject, float(speedup),
+                          float(limit))
+    median, low, high, pairs = speedup["median"], speedup["low"], speedup["high"], speedup["pairs"]
+    status = judge_at_least(low, high, pairs, limit)
+    measured = (f"{what}: {median:.3f}x the source (middle half of {pairs} round{'s' * (pairs != 1)} "
+                f"{low:.3f}-{high:.3f}x); limit {limit:.4g}x")
+    if status == "failed":
+        detail = f"{measured}, short by {limit - median:.3f}x"
+    elif status == UNDECIDABLE and pairs < MIN_PAIRS:
+        detail = (f"{measured}: too few rounds to tell noise from a difference; set validate.repeats to "
+                  f"{MIN_PAIRS} or more")
+    elif status == UNDECIDABLE:
+        detail = (f"{measured}: the spread straddles the limit, so this run was too noisy to decide; raise "
+                  f"validate.repeats, run on a quieter machine, or set a limit outside the spread")
+    else:
+        detail = measured
+    return GateResult(gate, status, detail, subject, float(median), float(limit), (float(low), float(high)))
 
 
 def _upper(gate, value, limit, detail, overshoot, subject=None) -> GateResult:
@@ -170,8 +215,3 @@ def _upper(gate, value, limit, detail, overshoot, subject=None) -> GateResult:
     text = f"{detail}, {overshoot(value - limit)}" if failed else detail
     return GateResult(gate, "failed" if failed else "passed", text, subject, float(value), float(limit))
 
-
-def _lower(gate, value, limit, detail, shortfall, subject=None) -> GateResult:
-    failed = value < limit
-    text = f"{detail}, {shortfall(limit - value)}" if failed else detail
-    return GateResult(gate, "failed" if failed else "passed", text, subject, float(value), float(limit))

@@ -2,7 +2,8 @@
 
 Every measurement warms up first, then repeats and reports the median with its spread
 (10th/90th percentiles): single timings on a shared machine are noise. Compare ratios
-measured in the same process, not absolute numbers across runs.
+measured side by side, not absolute numbers across runs: `interleave` times several models in
+the same rounds (A B, B A, ...), so each round gives a ratio (`speedup.paired_speedup`).
 
 The torch functions take a model; `time_decode` times any backend's prefill/step callables,
 so every runner reports decode throughput the same way.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Callable, TypeVar
 
@@ -52,6 +54,23 @@ def time_call(fn: Callable[[], object], warmup: int = 1, repeats: int = 5, devic
         sync()
         samples.append(time.perf_counter() - start)
     return summarise(samples)
+
+
+def interleave(calls: Sequence[Callable[[], float]], warmup: int, repeats: int) -> list[list[float]]:
+    """Time several things side by side: `warmup` untimed rounds, then `repeats` rounds in which every call
+    runs once. Each call measures itself and returns seconds. The first two calls (the pair a speed-up
+    compares) swap places every round (A B C, B A C, A B C, ...), so neither always runs first, nor always
+    right after the others. Returns each call's samples in round order: sample i of every call is round i's."""
+    samples: list[list[float]] = [[] for _ in calls]
+    for round_index in range(warmup + repeats):
+        order = list(range(len(calls)))
+        if round_index % 2 and len(order) > 1:
+            order[0], order[1] = order[1], order[0]
+        for index in order:
+            seconds = calls[index]()
+            if round_index >= warmup:
+                samples[index].append(seconds)
+    return samples
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -102,7 +121,12 @@ def time_decode(prefill: Callable[[], State], step: Callable[[State], State], ba
         sync()
         if index >= warmup:
             samples.append((time.perf_counter() - start) / new_tokens)
-    timing = summarise(samples)
+    return decode_result(samples, batch, prompt_len, new_tokens)
+
+
+def decode_result(step_samples: list[float], batch: int, prompt_len: int, new_tokens: int) -> DecodeResult:
+    """Decode throughput from the seconds per step of each timed loop."""
+    timing = summarise(step_samples)
     return DecodeResult(tokens_per_s=batch / timing.median_s, step=timing, batch=batch, prompt_len=prompt_len,
                         new_tokens=new_tokens)
 

@@ -4,15 +4,20 @@ with its source (and optionally a baseline artifact), and apply the recipe's gat
 Per backend (torch always; ONNX Runtime when the export stage ran; TensorRT when the build stage
 made an engine): perplexity on the evaluation split, prefill latency, decode tokens/s, peak
 memory, size on disk; parity of each backend with torch on fixed prompts. The dense source is
-measured with torch (or taken from the cache, see `source_cache`). Writes `validate/report.json`,
-`report.md` and PNG charts; the manifest records the headline metrics and the gates' verdict.
-A failed gate does not fail the stage (its measurements are valid): `pipeline.workflow`
-turns the recorded verdict into exit status 3.
+measured with torch; its perplexity, parameters and size may come from the cache (`source_cache`),
+its timings and memory never do. The source and every backend of the sculpted model are timed
+side by side, in the same rounds of this run, and each speed-up is the median of the per-round
+ratios with its spread (`measure.time_side_by_side`, `pipeline.measures.speedup`).
+Writes `validate/report.json`, `report.md` and PNG charts; the manifest records the headline
+metrics and the gates' verdict. A failed gate does not fail the stage (its measurements are
+valid): `pipeline.workflow` turns the recorded verdict into exit status 3; a speed gate that the
+run was too noisy to decide counts as failed or as a warning, as `validate.on_undecidable` says.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from validators.backends import ModelFiles, open_runner, resolve_backends
@@ -30,12 +35,22 @@ from ..context import StageContext
 from . import source_cache
 from .baseline import Baseline, comparability_problem, load_baseline
 from .charts import write_charts
-from .measure import Workload, measure_backend, parameter_count, weights_bytes
-from .report import MEASURED_KEYS, build_report, headline_metrics, markdown, verdict_metrics
+from .measure import (
+    Workload,
+    measure_backend,
+    memory,
+    parameter_count,
+    speed_block,
+    time_side_by_side,
+    timings,
+    weights_bytes,
+)
+from .report import MEASURED_KEYS, REPORT_SCHEMA_VERSION, build_report, headline_metrics, markdown, verdict_metrics
 
 NAME = "validate"
 REPORT = "report.json"
-GATE_KEYS = {"gates", "baseline", "baseline_tolerance", "baseline_speed_tolerance"}
+GATE_KEYS = {"gates", "baseline", "baseline_tolerance", "baseline_speed_tolerance", "on_undecidable"}
+SOURCE, SCULPTED = "source", "sculpted"  # the labels of the timed models
 
 
 def measure_options(ctx: StageContext) -> dict:
@@ -54,7 +69,8 @@ def options(ctx: StageContext) -> dict:
         found = load_baseline(section.baseline)
         baseline = {**found.as_dict(), "tolerance_pct": section.baseline_tolerance,
                     "speed_tolerance_pct": section.baseline_speed_tolerance}
-    return {"measure": measure_options(ctx), "gates": section.gates.active(), "baseline": baseline}
+    return {"measure": measure_options(ctx), "gates": section.gates.active(), "baseline": baseline,
+            "on_undecidable": section.on_undecidable}
 
 
 def inputs(ctx: StageContext) -> list[str]:
@@ -87,13 +103,15 @@ def run(ctx: StageContext) -> None:
             results += check_baseline(metrics, baseline.metrics, str(baseline.path), section.baseline_tolerance,
                                       section.baseline_speed_tolerance)
             compared = _baseline_block(baseline, metrics, section)
-        report = to_jsonable(build_report(measured, metrics, results, compared, ctx.artifact.version), "report")
+        report = to_jsonable(build_report(measured, metrics, results, compared, ctx.artifact.version,
+                                          section.on_undecidable), "report")
         charts = write_charts(report, st.dir)
         (st.dir / REPORT).write_text(json.dumps(report, indent=1) + "\n")
         (st.dir / "report.md").write_text(markdown(report, charts))
-        st.metrics.update(verdict_metrics(metrics, results, compared))
+        st.metrics.update(verdict_metrics(metrics, results, compared, section.on_undecidable))
         for result in results:
-            ctx.say(f"  gate {result.line()}")
+            warning = "warning: " if result.status == "undecidable" and section.on_undecidable == "warn" else ""
+            ctx.say(f"  {warning}gate {result.line()}")
 
 
 def model_files(ctx: StageContext) -> ModelFiles:
@@ -105,7 +123,8 @@ def model_files(ctx: StageContext) -> ModelFiles:
 
 
 def measure_all(ctx: StageContext) -> dict:
-    """Every measurement of the report: the sculpted model on each backend, parity, the source."""
+    """Every measurement of the report: the sculpted model on each backend, parity, the source, and the
+    timings of all of them side by side."""
     from transformers import AutoTokenizer
 
     section = ctx.recipe.validate_
@@ -118,7 +137,7 @@ def measure_all(ctx: StageContext) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(files.checkpoint)  # the source's tokenizer, saved by slice
     ids = evaluation_ids(tokenizer, corpus, section.seq_len)
     runners = {name: open_runner(name, files) for name in available}
-    sculpted = {name: measure_backend(runner, files, ids, work, ctx.say, ctx.progress, "sculpted")
+    sculpted = {name: measure_backend(runner, files, ids, work, ctx.say, ctx.progress, SCULPTED)
                 for name, runner in runners.items()}
     prompts = prompt_ids(tokenizer)
     parity = {name: compare_runners(runners["torch"], runner, prompts, section.parity_new_tokens)
@@ -126,6 +145,17 @@ def measure_all(ctx: StageContext) -> dict:
     scored = sculpted["torch"]["perplexity"]
     states = {name: "measured" if name in runners else unavailable[name] for name in BACKEND_NAMES
               if name in runners or name in unavailable}
+    source = measure_source(ctx, ids, work) if section.compare_source else None
+    speed = None
+    if work.latency:
+        timed = {f"{SOURCE}/torch": TorchRunner(ctx.source().model)} if source else {}
+        timed.update({f"{SCULPTED}/{name}": runner for name, runner in runners.items()})  # sculpted/torch second
+        samples = time_side_by_side(timed, work, ctx.say)
+        for label, runner_samples in samples.items():
+            model, backend = label.split("/")
+            target = source["by_backend"][backend] if model == SOURCE else sculpted[backend]
+            target.update(timings(runner_samples, work))
+        speed = speed_block(samples, work, (f"{SOURCE}/torch", f"{SCULPTED}/torch") if source else None)
     return {
         "evaluation": {**corpus.provenance(), "seq_len": section.seq_len, "max_windows": section.max_windows,
                        "windows": scored["windows"], "tokens": scored["tokens"]},
@@ -133,27 +163,40 @@ def measure_all(ctx: StageContext) -> dict:
         "backends": states,
         "sculpted": {"params": parameter_count(runners["torch"].model), "checkpoint_bytes":
                      weights_bytes(files.checkpoint), "by_backend": sculpted},
-        "source": measure_source(ctx, ids, work) if section.compare_source else None,
+        "source": source,
         "parity": parity,
+        "speed": speed,
     }
 
 
 def measure_source(ctx: StageContext, ids, work: Workload) -> dict:
-    """The dense source with torch: from the cache when the key matches, else measured and cached."""
+    """The dense source with torch: perplexity, parameters and size from the cache when the key matches (else
+    measured and cached), peak memory measured now. Its timings are taken with the sculpted model's."""
     evaluation = ctx.recipe.data.evaluation
     corpus = load_corpus(evaluation, "evaluation", ctx.data_dir)
     key = source_cache.cache_key(_source_fingerprint(ctx), {"corpus": corpus.name, "sha256": corpus.sha256},
-                                 work.as_dict(), {"dtype": ctx.recipe.model.dtype, "device": ctx.recipe.model.device})
-    if ctx.recipe.validate_.cache_source and (cached := source_cache.load(key)) is not None:
-        ctx.say(f"  source: measurements from the cache ({cached['cache']['file']})")
-        return cached
-    loaded = ctx.source()
-    files = ModelFiles(checkpoint=loaded.checkpoint_dir, dtype=ctx.recipe.model.dtype, device=ctx.recipe.model.device)
-    measured = {"params": parameter_count(loaded.model), "checkpoint_bytes": weights_bytes(loaded.checkpoint_dir),
-                "by_backend": {"torch": measure_backend(TorchRunner(loaded.model), files, ids, work, ctx.say,
-                                                        ctx.progress, "source")}}
-    path = source_cache.save(key, measured)
-    return {**measured, "cache": {"file": str(path), "from_cache": False}}
+                                 work.perplexity_settings,
+                                 {"dtype": ctx.recipe.model.dtype, "device": ctx.recipe.model.device})
+    cached = source_cache.load(key) if ctx.recipe.validate_.cache_source else None
+    if cached is not None:
+        ctx.say(f"  source: perplexity, parameters and size from the cache ({cached['cache']['file']})")
+        measured = cached
+    else:
+        loaded = ctx.source()
+        runner = TorchRunner(loaded.model)
+        without_memory = replace(work, memory=False)  # measured below, on every run
+        measured = {"params": parameter_count(loaded.model), "checkpoint_bytes": weights_bytes(loaded.checkpoint_dir),
+                    "by_backend": {"torch": measure_backend(runner, _source_files(ctx), ids, without_memory, ctx.say,
+                                                            ctx.progress, SOURCE)}}
+        measured["cache"] = {"file": str(source_cache.save(key, measured)), "from_cache": False}
+    if work.memory:
+        measured["by_backend"]["torch"]["memory"] = memory("torch", _source_files(ctx), work, ctx.say, SOURCE)
+    return measured
+
+
+def _source_files(ctx: StageContext) -> ModelFiles:
+    return ModelFiles(checkpoint=ctx.source().checkpoint_dir, dtype=ctx.recipe.model.dtype,
+                      device=ctx.recipe.model.device)
 
 
 def _source_fingerprint(ctx: StageContext) -> str:
@@ -177,6 +220,8 @@ def _previous_measurements(ctx: StageContext, previous: StageRecord | None, opts
     if recorded is None or not path.is_file() or sha256_file(path) != recorded.sha256:
         return None
     report = json.loads(path.read_text())
+    if report.get("schema_version") != REPORT_SCHEMA_VERSION:
+        return None  # an older report (e.g. timings of the source from the cache): measure again
     return {key: report.get(key) for key in MEASURED_KEYS}
 
 

@@ -63,7 +63,9 @@ def _latency(plt, report: dict, path: Path) -> str:
                     fontsize=10)
     right.set_xlabel("batch size")
     right.set_ylabel("tokens/s (higher is better)")
-    fig.suptitle("torch: source vs sculpted, median with 10th-90th percentile", fontsize=9)
+    rounds = (report.get("speed") or {}).get("rounds")
+    fig.suptitle(f"torch: source vs sculpted, timed side by side in {rounds} rounds; median with 10th-90th "
+                 f"percentile", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,9 +1,11 @@
 """The validate report: headline metrics from the measurements, the verdict, and its JSON/Markdown/text forms.
 
 `measured` (what `measure_all` returns) is plain data: evaluation, workload, backends, sculpted,
-source, parity. `headline_metrics` flattens it into the numbers gates, baselines, `sculpt list`
-and the manifest use. Everything here is pure (no model, no files) except `report_text`, which
-reads a version's report for the terminal.
+source, parity, speed. `headline_metrics` flattens it into the numbers gates, baselines, `sculpt list`
+and the manifest use. Speed-ups come only from `speed`, the rounds in which this run timed the
+source and the sculpted model side by side: each is the median of the per-round ratios with the
+spread of those ratios (never a ratio of timings taken in different runs). Everything here is
+pure (no model, no files) except `report_text`, which reads a version's report for the terminal.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from validators.gates import GateResult, format_size
+from validators.gates import GateResult, failing, format_size
 
 REPORT_SCHEMA = "llm-sculpt/validate-report"
-REPORT_SCHEMA_VERSION = 1
-MEASURED_KEYS = ("evaluation", "workload", "backends", "sculpted", "source", "parity")
+REPORT_SCHEMA_VERSION = 2  # 2: timings side by side (`speed`); 1 took the source's timings from the cache
+MEASURED_KEYS = ("evaluation", "workload", "backends", "sculpted", "source", "parity", "speed")
+SPEEDUP_KEYS = ("median", "low", "high", "min", "max", "pairs", "spread_pct")  # what the metrics keep of one
 
 
 def headline_metrics(measured: dict[str, Any]) -> dict[str, Any]:
@@ -30,12 +33,13 @@ def headline_metrics(measured: dict[str, Any]) -> dict[str, Any]:
         metrics["ppl_source"] = theirs["perplexity"]["ppl"]
         metrics["ppl_increase_pct"] = 100 * (ppl / metrics["ppl_source"] - 1)
     metrics["gates_passed"] = None  # filled by `verdict_metrics`; kept here for its place in the order
-    decode = _speedups(mine, theirs, "decode", lambda m, t: m["tokens_per_s"] / t["tokens_per_s"])
-    prefill = _speedups(mine, theirs, "prefill", lambda m, t: t["median_s"] / m["median_s"])
+    speed = measured.get("speed") or {}
+    decode = {key: {k: s[k] for k in SPEEDUP_KEYS} for key, s in (speed.get("decode") or {}).items()}
+    prefill = {key: {k: s[k] for k in SPEEDUP_KEYS} for key, s in (speed.get("prefill") or {}).items()}
     if decode:
-        metrics["decode_speedup"] = decode[min(decode, key=int)]
+        metrics["decode_speedup"] = decode[min(decode, key=int)]["median"]
     if prefill:
-        metrics["prefill_speedup"] = prefill[max(prefill, key=int)]
+        metrics["prefill_speedup"] = prefill[max(prefill, key=int)]["median"]
     metrics["params"] = sculpted["params"]
     if source:
         metrics["params_source"] = source["params"]
@@ -52,6 +56,10 @@ def headline_metrics(measured: dict[str, Any]) -> dict[str, Any]:
         metrics["decode_speedup_by_batch"] = decode
     if prefill:
         metrics["prefill_speedup_by_len"] = prefill
+    if speed:
+        spreads = [s["spread_pct"] for s in (*decode.values(), *prefill.values())]
+        metrics["speed"] = {"method": speed["method"], "warmup": speed["warmup"], "rounds": speed["rounds"],
+                            "noise_pct": max(spreads) if spreads else None}
     if "decode" in mine:
         metrics["decode_tokens_per_s"] = {b: r["tokens_per_s"] for b, r in mine["decode"].items()}
     memory = {name: r["memory"]["model_bytes"] for name, r in sculpted["by_backend"].items() if "memory" in r}
@@ -67,28 +75,26 @@ def headline_metrics(measured: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def _speedups(mine: dict, theirs: dict | None, kind: str, ratio) -> dict[str, float]:
-    if not theirs or kind not in mine or kind not in theirs:
-        return {}
-    return {key: ratio(mine[kind][key], theirs[kind][key]) for key in mine[kind] if key in theirs[kind]}
-
-
-def verdict_metrics(metrics: dict[str, Any], results: list[GateResult], baseline: dict | None) -> dict[str, Any]:
-    """The manifest's validate metrics: the headline plus the gates' verdict (and the baseline compared with)."""
-    failed = [r.line() for r in results if r.status == "failed"]
+def verdict_metrics(metrics: dict[str, Any], results: list[GateResult], baseline: dict | None,
+                    on_undecidable: str = "fail") -> dict[str, Any]:
+    """The manifest's validate metrics: the headline plus the gates' verdict (and the baseline compared with).
+    `failed_gates` lists what fails the verdict (undecidable results too under `on_undecidable: fail`);
+    `undecided_gates` lists every undecidable result either way."""
+    failed = [r.line() for r in failing(results, on_undecidable)]
     out = {**metrics, "gates_passed": not failed, "failed_gates": failed,
-           "gates": {r.label: r.status for r in results}}
+           "undecided_gates": [r.line() for r in results if r.status == "undecidable"],
+           "on_undecidable": on_undecidable, "gates": {r.label: r.status for r in results}}
     if baseline is not None:
         out["baseline"] = baseline
     return out
 
 
 def build_report(measured: dict[str, Any], metrics: dict[str, Any], results: list[GateResult],
-                 baseline: dict | None, version: str) -> dict[str, Any]:
+                 baseline: dict | None, version: str, on_undecidable: str = "fail") -> dict[str, Any]:
     return {"schema": REPORT_SCHEMA, "schema_version": REPORT_SCHEMA_VERSION, "version": version,
             **{key: measured.get(key) for key in MEASURED_KEYS}, "headline": metrics,
-            "gates": [r.as_dict() for r in results], "passed": all(r.status != "failed" for r in results),
-            "baseline": baseline}
+            "gates": [r.as_dict() for r in results], "passed": not failing(results, on_undecidable),
+            "on_undecidable": on_undecidable, "baseline": baseline}
 
 
 # --- text forms ------------------------------------------------------------------------------------------------
@@ -124,12 +130,18 @@ def _evaluation_line(report: dict) -> str:
 
 
 def _verdict_line(report: dict) -> str:
-    failed = [g for g in report["gates"] if g["status"] == "failed"]
-    if not report["gates"]:
+    gates = report["gates"]
+    failed = [g for g in gates if g["status"] == "failed"]
+    undecided = [g for g in gates if g["status"] == "undecidable"]
+    policy = report.get("on_undecidable", "fail")
+    if not gates:
         return "verdict: no gates set (validate.gates); measurements only"
-    if failed:
-        return f"verdict: FAILED ({len(failed)} of {len(report['gates'])} gate checks failed)"
-    return f"verdict: PASSED ({len(report['gates'])} gate checks)"
+    counted = "counted as failed" if policy == "fail" else "a warning, not counted"
+    noisy = (f"; {len(undecided)} undecidable, {counted}: the timings were too noisy to decide "
+             f"(validate.on_undecidable: {policy})") if undecided else ""
+    if not report["passed"]:
+        return f"verdict: FAILED ({len(failed)} of {len(gates)} gate checks failed{noisy})"
+    return f"verdict: PASSED ({len(gates)} gate checks{noisy})"
 
 
 def _gate_rows(report: dict) -> list[tuple[str, str, str]]:
@@ -142,7 +154,8 @@ def _sections(report: dict) -> list[tuple[str, tuple[tuple[str, ...], list[tuple
     if report.get("parity"):
         sections.append(("Parity with torch (fixed prompts)", _parity(report)))
     if "decode" in report["sculpted"]["by_backend"]["torch"]:
-        sections.append(("Speed (median [p10-p90])", _speed(report)))
+        sections.append(("Speed (median [p10-p90]; speed-up: median of the per-round ratios [middle half])",
+                         _speed(report)))
     sections.append(("Memory and size", _footprint(report)))
     if report.get("baseline"):
         sections.append(("Baseline", _baseline(report)))
@@ -176,20 +189,20 @@ def _parity(report: dict):
 def _speed(report: dict):
     source = report.get("source")
     theirs = source["by_backend"]["torch"] if source else {}
+    speed = report.get("speed") or {}
     backends = report["sculpted"]["by_backend"]
+    compared = bool(speed.get("compared"))
     headers = ("measure", *(["source [torch]"] if theirs else []), *(f"sculpted [{n}]" for n in backends),
-               *(["speed-up [torch]"] if theirs else []))
+               *(["speed-up [torch]"] if compared else []))
     rows = []
     for length in backends["torch"]["prefill"]:
         cells = [_ms(r["prefill"].get(length)) for r in backends.values()]
-        speedup = [_ratio(theirs["prefill"][length]["median_s"] / backends["torch"]["prefill"][length]["median_s"])
-                   ] if theirs else []
+        speedup = [_speedup(speed["prefill"].get(length))] if compared else []
         rows.append((f"prefill {length} tokens", *([_ms(theirs["prefill"][length])] if theirs else []), *cells,
                      *speedup))
     for batch in backends["torch"]["decode"]:
         cells = [_tps(r["decode"].get(batch)) for r in backends.values()]
-        speedup = [_ratio(backends["torch"]["decode"][batch]["tokens_per_s"] / theirs["decode"][batch]["tokens_per_s"])
-                   ] if theirs else []
+        speedup = [_speedup(speed["decode"].get(batch))] if compared else []
         rows.append((f"decode batch {batch}", *([_tps(theirs["decode"][batch])] if theirs else []), *cells, *speedup))
     return headers, rows
 
@@ -220,7 +233,16 @@ def _notes(report: dict) -> list[str]:
     source = report.get("source")
     if source and source.get("cache", {}).get("from_cache"):
         cache = source["cache"]
-        notes.append(f"source measurements came from the cache ({cache['file']}, measured {cache['measured_at']})")
+        notes.append(f"source perplexity, parameters and size came from the cache ({cache['file']}, measured "
+                     f"{cache['measured_at']}); its timings and memory were measured in this run")
+    speed = report.get("speed")
+    if speed:
+        noise = report["headline"].get("speed", {}).get("noise_pct")
+        noisy = f"; noise: the widest middle half of a speed-up's ratios spans {noise:.1f} % of its median" \
+            if noise is not None else ""
+        notes.append(f"timings: {', '.join(speed['timed'])} timed side by side in this run, {speed['rounds']} "
+                     f"interleaved rounds after {speed['warmup']} warm-up; a speed-up is the median of the "
+                     f"per-round ratios [25th-75th percentile]{noisy}")
     if report["workload"].get("memory"):
         notes.append("peak memory added: the model's peak resident memory (CUDA peak allocation on a GPU), "
                      "measured in a fresh process")
@@ -251,8 +273,10 @@ def _tps(result: dict | None) -> str:
     return f"{result['tokens_per_s']:.1f} tok/s [{batch / step['p90_s']:.1f}-{batch / step['p10_s']:.1f}]"
 
 
-def _ratio(value: float) -> str:
-    return f"{value:.2f}x"
+def _speedup(speedup: dict | None) -> str:
+    if not speedup:
+        return "-"
+    return f"{speedup['median']:.2f}x [{speedup['low']:.2f}-{speedup['high']:.2f}]"
 
 
 def _bytes(count: int) -> str:

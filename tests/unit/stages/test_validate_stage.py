@@ -7,7 +7,9 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+import pipeline.stages.validate as validate_stage
 from pipeline.cli import cli
+from pipeline.workflow import run_stage
 from tests.trained import CORPUS, trained_checkpoint
 
 GATE_EXIT = 3
@@ -138,6 +140,87 @@ def test_list_shows_versions_in_order_with_their_verdicts(tmp_path, trained):
             if line]
     assert [r["version"] for r in rows] == ["v0001", "v0002"]
     assert rows[0]["ppl"] < rows[1]["ppl"]
+
+
+def read_report(version):
+    return json.loads((version / "validate" / "report.json").read_text())
+
+
+def test_the_source_cache_gives_perplexity_but_never_timings(tmp_path, trained):
+    recipe = fast_recipe(tmp_path, *trained, 0.8, repeats=3)
+    assert sculpt(tmp_path, "run", str(recipe), "--quiet").exit_code == 0
+    (entry_path,) = (tmp_path / "cache" / "validate-source").glob("*.json")
+    entry = json.loads(entry_path.read_text())
+    figures = entry["source"]["by_backend"]["torch"]
+    assert set(figures) == {"perplexity", "size_bytes"}  # what was stored: no timings, no memory
+
+    # an entry that holds timings (an older llm-sculpt's, or edited by hand): only its perplexity may be used
+    figures["perplexity"]["ppl"] = 12345.0
+    figures["decode"] = {"1": {"tokens_per_s": 1e9, "step": {"median_s": 1e-9, "p10_s": 1e-9, "p90_s": 1e-9,
+                                                             "repeats": 5}, "batch": 1, "prompt_len": 8,
+                               "new_tokens": 4}}
+    figures["prefill"] = {"16": {"median_s": 1e-9, "p10_s": 1e-9, "p90_s": 1e-9, "repeats": 5}}
+    entry_path.write_text(json.dumps(entry))
+    version = tmp_path / "artifacts" / "v0001"
+    again = sculpt(tmp_path, "validate", str(version), "--backends", "torch")  # new settings: measured again
+    assert again.exit_code == 0, again.output
+    report = read_report(version)
+    headline = report["headline"]
+    assert headline["ppl_source"] == 12345.0 and headline["source_from_cache"] is True
+    source_timings = report["source"]["by_backend"]["torch"]
+    assert source_timings["decode"]["1"]["tokens_per_s"] < 1e6 and source_timings["prefill"]["16"]["median_s"] > 1e-6
+    # the speed-ups are this run's side-by-side rounds, not sculpted / cached timings (which would be ~1e-5)
+    decode = report["speed"]["decode"]["1"]
+    assert report["speed"]["compared"] == ["source/torch", "sculpted/torch"] and decode["pairs"] == 3
+    assert headline["decode_speedup"] == decode["median"] and 0.2 < decode["median"] < 5
+    assert decode["low"] <= decode["median"] <= decode["high"]
+    assert headline["speed"]["rounds"] == 3 and headline["speed"]["noise_pct"] >= 0
+    markdown = (version / "validate" / "report.md").read_text()
+    assert f"{decode['median']:.2f}x [{decode['low']:.2f}-{decode['high']:.2f}]" in markdown
+    prefill = report["speed"]["prefill"]["16"]
+    assert f"{prefill['median']:.2f}x [{prefill['low']:.2f}-{prefill['high']:.2f}]" in markdown
+    assert "timed side by side in this run, 3 interleaved rounds" in markdown
+    assert "its timings and memory were measured in this run" in markdown
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["stages"][-1]["metrics"]["speed"]["rounds"] == 3
+
+
+def noisy_timings(ratios):
+    """A stand-in for `time_side_by_side`: the sculpted model `ratios[i]` times as fast as the source in round i."""
+    def time_side_by_side(runners, work, say):
+        def series(label):
+            return [1.0 if label.startswith("source/") else 1.0 / ratio for ratio in ratios]
+        return {label: {"prefill": {str(length): series(label) for length in work.prefill_lengths},
+                        "decode": {str(batch): series(label) for batch in work.decode_batch_sizes}}
+                for label in runners}
+    return time_side_by_side
+
+
+def test_a_speed_gate_inside_the_noise_is_undecidable_and_the_recipe_says_what_that_does(tmp_path, trained,
+                                                                                         monkeypatch):
+    # median 1.1x, middle half 1.0-1.2x: a limit of 1.05x lies inside the noise
+    monkeypatch.setattr(validate_stage, "time_side_by_side", noisy_timings([1.0, 1.2, 1.1, 0.9, 1.3]))
+    recipe = fast_recipe(tmp_path, *trained, 0.8, repeats=5, gates={"min_speedup": 1.05})
+    result = sculpt(tmp_path, "run", str(recipe), "--quiet")
+    assert result.exit_code == GATE_EXIT, result.output  # on_undecidable: fail (the default)
+    assert "FAIL min_speedup[1] undecidable" in result.output and "too noisy to decide" in result.output
+    version = tmp_path / "artifacts" / "v0001"
+    report = read_report(version)
+    assert [g["status"] for g in report["gates"]] == ["undecidable"] and report["passed"] is False
+    assert "1 undecidable" in (version / "validate" / "report.md").read_text()
+
+    # the recipe may make it a warning: same measurements, a passing verdict, the undecided gate on record
+    monkeypatch.setenv("SCULPT_CACHE_DIR", str(tmp_path / "cache"))
+    run_stage(version, "validate", {"validate.on_undecidable": "warn"}, progress=False)  # no GateFailure
+    metrics = json.loads((version / "manifest.json").read_text())["stages"][-1]["metrics"]
+    assert metrics["gates_passed"] is True and metrics["undecided_gates"][0].startswith("min_speedup[1] undecidable")
+
+
+def test_a_speed_gate_with_too_few_rounds_is_a_recipe_error(tmp_path, trained):
+    recipe = fast_recipe(tmp_path, *trained, 0.8, repeats=1, gates={"min_speedup": 1.05})
+    result = sculpt(tmp_path, "run", str(recipe), "--quiet")
+    assert result.exit_code == 1 and "validate.repeats to 3 or more" in result.output
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_list_of_an_empty_directory_says_how_to_make_a_version(tmp_path):

@@ -2,13 +2,22 @@
 
 import pytest
 
-from validators.gates import GATE_NAMES, check_baseline, check_gates, parse_size
+from validators.gates import GATE_NAMES, check_baseline, check_gates, failing, parse_size
+
+
+def speedup(median, low=None, high=None, pairs=5):
+    """A speed-up as the validate stage records it: the median per-round ratio and the middle half's range."""
+    low = median if low is None else low
+    high = median if high is None else high
+    return {"median": median, "low": low, "high": high, "min": low, "max": high, "pairs": pairs,
+            "spread_pct": 100 * (high - low) / median}
+
 
 METRICS = {
     "ppl": 22.0, "ppl_source": 20.0, "ppl_increase_pct": 10.0,
     "parity": {"onnxruntime": {"ppl_diff_pct": 0.02, "max_abs_logit_diff": 3e-4}},
-    "decode_speedup_by_batch": {"1": 1.3, "4": 1.1},
-    "prefill_speedup_by_len": {"128": 1.2},
+    "decode_speedup_by_batch": {"1": speedup(1.3, 1.28, 1.32), "4": speedup(1.1, 1.08, 1.12)},
+    "prefill_speedup_by_len": {"128": speedup(1.2, 1.15, 1.25)},
     "memory_by_backend": {"torch": 300 * 2**20, "onnxruntime": 200 * 2**20},
     "size_by_backend": {"torch": 250 * 2**20},
     "decode_speedup": 1.3,
@@ -85,6 +94,47 @@ def test_a_better_model_than_the_baseline_passes():
 def test_baseline_speed_check_fails_on_a_slower_model_and_skips_without_timings():
     results = check_baseline(METRICS, {"ppl": 22.0, "decode_speedup": 1.5}, "v1", 1.0, speed_tolerance_pct=5.0)
     assert [r.status for r in results] == ["passed", "failed"]
-    assert "decode speed-up 1.300x vs 1.500x" in results[1].line()
+    line = results[1].line()
+    assert "1.500x in v1" in line and "1.300x the source" in line and "limit 1.425x" in line
     untimed = check_baseline(METRICS, {"ppl": 22.0}, "v1", 1.0, speed_tolerance_pct=5.0)
     assert untimed[1].status == "skipped"
+
+
+# --- speed gates judge side-by-side speed-ups with their spread ------------------------------------------------
+
+def test_a_speed_gate_inside_the_spread_is_undecidable_not_passed_or_failed():
+    noisy = {"decode_speedup_by_batch": {"1": speedup(1.12, 1.02, 1.20)}}
+    (result,) = check_gates(noisy, {"min_speedup": 1.1})
+    assert result.status == "undecidable"
+    assert "1.120x the source (middle half of 5 rounds 1.020-1.200x); limit 1.1x" in result.line()
+    assert "too noisy to decide" in result.line() and "validate.repeats" in result.line()
+    # the same median with a tight spread is decided
+    (tight,) = check_gates({"decode_speedup_by_batch": {"1": speedup(1.12, 1.11, 1.13)}}, {"min_speedup": 1.1})
+    assert tight.status == "passed"
+    (short,) = check_gates(noisy, {"min_speedup": 1.25})
+    assert short.status == "failed" and "short by 0.130x" in short.line()
+
+
+def test_the_recipe_chooses_whether_an_undecidable_gate_fails_the_verdict():
+    noisy = {"decode_speedup_by_batch": {"1": speedup(1.12, 1.02, 1.20)}}
+    results = check_gates(noisy, {"min_speedup": 1.1})
+    assert failing(results, "fail") == results
+    assert failing(results, "warn") == []
+    with pytest.raises(ValueError, match="fail, warn"):
+        failing(results, "ignore")
+
+
+def test_too_few_rounds_never_decide_a_speed_gate():
+    (result,) = check_gates({"decode_speedup_by_batch": {"1": speedup(2.0, pairs=1)}}, {"min_speedup": 1.1})
+    assert result.status == "undecidable" and "set validate.repeats to 3 or more" in result.line()
+
+
+def test_a_speed_up_without_a_spread_from_an_older_run_is_not_judged():
+    (result,) = check_gates({"decode_speedup_by_batch": {"1": 1.3}}, {"min_speedup": 1.1})
+    assert result.status == "undecidable" and "run `sculpt validate` again" in result.line()
+
+
+def test_baseline_speed_check_inside_the_spread_is_undecidable():
+    noisy = {**METRICS, "decode_speedup_by_batch": {"1": speedup(1.45, 1.38, 1.50), "4": speedup(1.1)}}
+    results = check_baseline(noisy, {"ppl": 22.0, "decode_speedup": 1.5}, "v1", 1.0, speed_tolerance_pct=5.0)
+    assert results[1].status == "undecidable" and results[1].subject == "decode_speedup"
