@@ -48,6 +48,9 @@ class MethodContext:
     cache: Store | None = None  # shared by every run on this machine (e.g. latency tables), keyed by what they hold
     machine: str = ""  # the processor, for what is measured on it (latency tables)
     batch_size: int = 1
+    # builds where a search's candidates are scored, from a search/executor.py ScoringJob: None scores them here
+    # (LocalExecutor); the search stage passes the recipe's `search.executor` (e.g. a pool of Ray actors)
+    executor: Callable[[Any], Any] | None = None
 
 
 @dataclass

@@ -38,6 +38,16 @@ def prefix_keys(spec: ArchSpec) -> list[str]:
     return keys
 
 
+@dataclass(frozen=True)
+class CandidateScore:
+    """One candidate's fitness and what scoring it cost (summed into each generation's log row)."""
+
+    ppl: float
+    seconds: float  # spent scoring it, where it was scored (a worker's time, not the search's wall time)
+    layers_run: int
+    layers_reused: int  # source layers skipped thanks to the prefix cache
+
+
 @dataclass
 class ScorerStats:
     candidates: int = 0
@@ -61,8 +71,11 @@ class CandidateScorer:
         self.cache = TensorLRU(cache_bytes)  # hidden states by prefix key
         self.stats = ScorerStats()
 
-    @torch.no_grad()
     def perplexity(self, spec: ArchSpec) -> float:
+        return self.score(spec).ppl
+
+    @torch.no_grad()
+    def score(self, spec: ArchSpec) -> CandidateScore:
         began = time.perf_counter()
         keys = prefix_keys(spec)
         start, hidden = 0, self.stream.hidden[0]
@@ -82,8 +95,9 @@ class CandidateScorer:
         self.stats.layers_run += len(keys) - start
         self.stats.layers_reused += start
         ppl = self._perplexity_from(hidden)
-        self.stats.seconds += time.perf_counter() - began
-        return ppl
+        seconds = time.perf_counter() - began
+        self.stats.seconds += seconds
+        return CandidateScore(ppl, seconds, len(keys) - start, start)
 
     def _perplexity_from(self, hidden: torch.Tensor) -> float:
         norm, head = self.adapter.final_norm(self.model), self.adapter.lm_head(self.model)

@@ -3,9 +3,10 @@
 Importance (once, kept in the state store); with `mlp_selection: greedy`, the MLP channels ranked by
 greedy reform-aware removal, and with `allocated_seeds`, every layer's removal cost of each MLP width
 (same pass, plus a gradient pass); the seeds and the budget (seeds.py; with a latency table when a
-speed-up is asked for), the candidate scorer, one search per track (the main one, and with
-`skip_free_track` one with the skip genes off), each checkpointed after every generation
-(checkpoints.py); the final choice (final_choice.py); and the outputs: `search.jsonl` (per track),
+speed-up is asked for), the executor that scores the candidates (executor.py: here, or a pool of
+workers the stage picks), one search per track (the main one, and with `skip_free_track` one with the
+skip genes off) run side by side and each checkpointed after every generation (checkpoints.py); the final
+choice (final_choice.py); and the outputs: `search.jsonl` (per track),
 `final_choice.json`, `latency_table.json`, and the generations for the stage's convergence charts.
 """
 
@@ -24,7 +25,6 @@ from pipeline.compress.registry import Convergence, MethodContext, MethodResult,
 from pipeline.errors import SculptError
 from pipeline.models.adapters import MLP_OUTPUT
 
-from .candidate_scorer import CandidateScorer
 from .checkpoints import (
     CHART,
     WidthCosts,
@@ -35,8 +35,9 @@ from .checkpoints import (
     track_file,
     write_log,
 )
-from .final_choice import final_windows, reformed_choice, reformed_perplexity
-from .generations import EvolutionOptions, EvolutionSearch, fingerprint, run_generations, search_space
+from .executor import LocalExecutor, ScoringJob, SearchExecutor
+from .final_choice import final_windows, reformed_choice
+from .generations import EvolutionOptions, EvolutionSearch, Track, fingerprint, run_generations, search_space
 from .genome import Budget, SearchSpace, genome_spec, layer_shapes
 from .latency_table import LatencyTable, machine_key, measure_latency_table
 from .seeds import allocated_genomes, make_budget, seed_genomes
@@ -55,21 +56,21 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
-    scorer = CandidateScorer(ctx.model, windows, options.cache_mb * 2**20)
     tracks = {"main": options, **({"skip-free": options.skip_free()} if options.skip_free_track else {})}
-    runs = {track: run_track(ctx, track, track_options, importance, width_costs, budget, scorer, ratio,
-                             calibration_hash, table)
-            for track, track_options in tracks.items()}
-
-    if final is None:
-        track = min(runs, key=lambda t: (runs[t].search.best.ppl, t != "main"))
-        chosen, choice = runs[track].search.best, None
-    else:
-        fit, held = final
-        choice = reformed_choice({t: run.search for t, run in runs.items()}, options.final_candidates, ctx.base,
-                                 ctx.progress,
-                                 lambda spec: reformed_perplexity(ctx.model, spec, fit, held, ctx.batch_size))
-        track, chosen = choice.track, choice.candidate
+    job = ScoringJob(ctx.model, windows, options.cache_mb * 2**20, final, ctx.batch_size)
+    executor = (ctx.executor or LocalExecutor)(job)
+    try:
+        runs = run_tracks(ctx, tracks, importance, width_costs, budget, executor, ratio, calibration_hash, table)
+        if final is None:
+            track = min(runs, key=lambda t: (runs[t].search.best.ppl, t != "main"))
+            chosen, choice = runs[track].search.best, None
+        else:
+            choice = reformed_choice({t: run.search for t, run in runs.items()}, options.final_candidates, ctx.base,
+                                     ctx.progress, executor.reformed_batch)
+            track, chosen = choice.track, choice.candidate
+        scored_by = executor.describe()
+    finally:
+        executor.close()
     search = runs["main"].search
     history = [row for run in runs.values() for row in run.search.history]
     notes = {"method": "evolution", "mlp_multiple": options.mlp_multiple, "search_ppl": round(chosen.ppl, 4),
@@ -82,7 +83,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
                "fitness_windows": list(windows.shape),
                "seconds_per_candidate": _mean_seconds(history), "prefix_reuse": _mean(history, "prefix_reuse"),
                "resumed_from_generation": runs["main"].resumed_from,
-               "stopped_by_time_limit": any(run.stopped for run in runs.values())}
+               "stopped_by_time_limit": any(run.stopped for run in runs.values()), "scored_by": scored_by}
     if len(runs) > 1:
         metrics["tracks"] = {t: {"search_ppl": run.search.best.ppl, "candidates_scored": len(run.search.seen),
                                  "resumed_from_generation": run.resumed_from} for t, run in runs.items()}
@@ -113,36 +114,51 @@ class TrackRun:
     resumed_from: int | None  # the generation its checkpoint had reached
 
 
-def run_track(ctx: MethodContext, track: str, options: EvolutionOptions, importance: list[LayerImportance],
-              width_costs: WidthCosts | None, budget: Budget, scorer: CandidateScorer, ratio: float,
-              calibration_hash: str, table: LatencyTable | None) -> TrackRun:
-    """One search from the uniform (and allocated) seeds, resumed from and checkpointed to its own state; its
-    log."""
+def run_tracks(ctx: MethodContext, tracks: dict[str, EvolutionOptions], importance: list[LayerImportance],
+               width_costs: WidthCosts | None, budget: Budget, executor: SearchExecutor, ratio: float,
+               calibration_hash: str, table: LatencyTable | None) -> dict[str, TrackRun]:
+    """The tracks' searches from the uniform (and allocated) seeds, run side by side (their candidates scored
+    together by `executor`), each resumed from and checkpointed to its own state, each with its log."""
+    prepared = [_prepare_track(ctx, name, options, importance, width_costs, budget, ratio, calibration_hash, table)
+                for name, options in tracks.items()]
+
+    def score(genomes, on_done):
+        return executor.score_batch([genome_spec(genome, ctx.base) for genome in genomes], on_done)
+
+    run_generations([track for track, _ in prepared], score, ctx.progress,
+                    desc="evolution" if len(prepared) == 1 else f"evolution ({len(prepared)} tracks)")
+    runs = {}
+    for track, resumed_from in prepared:
+        if ctx.outputs is not None:
+            write_log(ctx.outputs, track.search.history, track.name)
+        runs[track.name] = TrackRun(track.search, track.stopped, resumed_from)
+    return runs
+
+
+def _prepare_track(ctx: MethodContext, name: str, options: EvolutionOptions, importance: list[LayerImportance],
+                   width_costs: WidthCosts | None, budget: Budget, ratio: float, calibration_hash: str,
+                   table: LatencyTable | None) -> tuple[Track, int | None]:
+    """One track's search, resumed from its checkpoint when that matches, with its seeds and its checkpointing;
+    and the generation it resumed from."""
     space = search_space(ctx.base, importance, options)
-    search = EvolutionSearch(space, budget, lambda genome: scorer.perplexity(genome_spec(genome, ctx.base)),
-                             options, ctx.seed)
+    search = EvolutionSearch(space, budget, options, ctx.seed)
     key = fingerprint("evolution", options.model_dump(exclude=AFTER_THE_SEARCH), ratio, ctx.seed, ctx.base.to_dict(),
                       calibration_hash, table.to_dict() if table else None)
-    state = load_checkpoint(ctx.state, key, track) if ctx.state is not None else None
+    state = load_checkpoint(ctx.state, key, name) if ctx.state is not None else None
     if state is not None:
         search.load_state_dict(state)
     resumed_from = search.generation if state is not None else None
 
     def checkpoint(state: dict) -> None:
         if ctx.state is not None:
-            save_checkpoint(ctx.state, {**state, "fingerprint": key}, track)
+            save_checkpoint(ctx.state, {**state, "fingerprint": key}, name)
         if ctx.outputs is not None:
-            write_log(ctx.outputs, search.history, track)
+            write_log(ctx.outputs, search.history, name)
 
     uniform = seed_genomes(ctx.base, importance, space, budget)
     allocated = allocated_genomes(uniform, importance, width_costs) if width_costs is not None else []
     seeds = [("uniform", g) for g in uniform] + [("allocated", g) for g in allocated]
-    stopped = run_generations(search, seeds, checkpoint,
-                              _stats_per_generation(scorer), ctx.progress,
-                              desc="evolution" if track == "main" else f"evolution ({track})")
-    if ctx.outputs is not None:
-        write_log(ctx.outputs, search.history, track)
-    return TrackRun(search, stopped, resumed_from)
+    return Track(name, search, seeds, checkpoint), resumed_from
 
 
 def fitness_windows(calibration: torch.Tensor, options: EvolutionOptions) -> torch.Tensor:
@@ -212,19 +228,6 @@ def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ..
     if ctx.state is not None:
         save_importance(ctx.state, calibration_hash, importance, width_costs)
     return importance, width_costs
-
-
-def _stats_per_generation(scorer: CandidateScorer):
-    last = {"candidates": 0, "seconds": 0.0, "run": 0, "reused": 0}
-
-    def describe() -> dict:
-        s = scorer.stats
-        count, seconds = s.candidates - last["candidates"], s.seconds - last["seconds"]
-        run, reused = s.layers_run - last["run"], s.layers_reused - last["reused"]
-        last.update(candidates=s.candidates, seconds=s.seconds, run=s.layers_run, reused=s.layers_reused)
-        return {"seconds_per_candidate": round(seconds / max(count, 1), 4),
-                "prefix_reuse": round(reused / max(run + reused, 1), 4)}
-    return describe
 
 
 def _mean(history: list[dict], key: str) -> float | None:

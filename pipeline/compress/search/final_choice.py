@@ -32,10 +32,12 @@ class FinalChoice:
 
 
 def reformed_choice(searches: dict[str, EvolutionSearch], per_track: int, base: BaseDims, progress: bool,
-                    score: Callable[[ArchSpec], float]) -> FinalChoice:
-    """The finalist with the lowest `score` (perplexity after reform, on held-out windows): each track's best
+                    score: Callable[[list[ArchSpec], Callable[[], None]], list[float]]) -> FinalChoice:
+    """The finalist with the lowest score (perplexity after reform, on held-out windows): each track's best
     `per_track` candidates, uniform seeds and allocated seeds (a seed is kept when nothing beats it; the seed
-    the fitness ranks first need not be the best after reform); ties go to the earlier finalist."""
+    the fitness ranks first need not be the best after reform); ties go to the earlier finalist. `score` gets
+    every finalist at once (an executor reforms them in parallel; the second argument is called as each is
+    done) and returns their scores in order."""
     finalists, keys = [], set()
     for track, search in searches.items():
         ranked = [(f"parent {i + 1}", c) for i, c in enumerate(search.parents[:per_track])]
@@ -46,10 +48,11 @@ def reformed_choice(searches: dict[str, EvolutionSearch], per_track: int, base: 
             if candidate.key not in keys:
                 keys.add(candidate.key)
                 finalists.append((track, origin, candidate))
-    rows = [{"track": track, "origin": origin, "search_ppl": candidate.ppl,
-             "reformed_ppl": score(genome_spec(candidate.genome, base)),
+    with tqdm(total=len(finalists), desc="final choice", unit="cand", disable=not progress) as bar:
+        scores = score([genome_spec(candidate.genome, base) for _, _, candidate in finalists], bar.update)
+    rows = [{"track": track, "origin": origin, "search_ppl": candidate.ppl, "reformed_ppl": reformed,
              "ratio": round(genome_ratio(candidate.genome, base), 6), "chosen": False}
-            for track, origin, candidate in tqdm(finalists, desc="final choice", unit="cand", disable=not progress)]
+            for (track, origin, candidate), reformed in zip(finalists, scores, strict=True)]
     best = min(range(len(rows)), key=lambda i: rows[i]["reformed_ppl"])  # the first of equal scores
     rows[best]["chosen"] = True
     return FinalChoice(rows[best]["track"], finalists[best][2], rows[best]["reformed_ppl"], rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -28,6 +29,7 @@ from pipeline.compress.width.legal_widths import DEFAULT_MLP_MULTIPLE
 from pipeline.errors import SculptError
 from pipeline.models.spec import BaseDims
 
+from .candidate_scorer import CandidateScore
 from .genome import (
     Budget,
     Genome,
@@ -114,12 +116,17 @@ class Candidate:
     key: str
 
 
-class EvolutionSearch:
-    """The search state and its generations; `score` maps a legal genome to its fitness (lower is better)."""
+# A generation in progress: it yields each batch of genomes it needs scored, is sent their fitness (lower is
+# better, in the batch's order) and returns its log row. The caller decides where and how the batch is scored
+# (`run_generations`), so several searches can have their batches scored together.
+Generation = Generator[list[Genome], list[float], dict]
 
-    def __init__(self, space: SearchSpace, budget: Budget, score: Callable[[Genome], float],
-                 options: EvolutionOptions, seed: int) -> None:
-        self.space, self.budget, self.score, self.options = space, budget, score, options
+
+class EvolutionSearch:
+    """The search state and its generations (see `Generation`)."""
+
+    def __init__(self, space: SearchSpace, budget: Budget, options: EvolutionOptions, seed: int) -> None:
+        self.space, self.budget, self.options = space, budget, options
         self.rng = np.random.default_rng(seed)
         self.seen: dict[str, float] = {}
         self.parents: list[Candidate] = []
@@ -135,7 +142,7 @@ class EvolutionSearch:
         return self.parents[0]
 
     # ---- generations -------------------------------------------------------------------
-    def initial(self, seeds: list[tuple[str, Genome]], on_scored: Callable[[], None] = lambda: None) -> dict:
+    def initial(self, seeds: list[tuple[str, Genome]]) -> Generation:
         """Generation 0: the seeds (each with where it came from), then strong mutants of the best seed up to the
         population size."""
         legal = {}
@@ -147,21 +154,21 @@ class EvolutionSearch:
             raise SculptError("no uniform architecture fits the budget: raise the ratio or the tolerance, "
                               "or lower the latency speed-up")
         began = time.perf_counter()
-        scored = self._score_all([("seed", g) for g in self._unique([g for _, g in legal.values()])], on_scored)
+        scored = yield from self._score_all([("seed", g) for g in self._unique([g for _, g in legal.values()])])
         self.seeds = sorted((candidate for _, candidate in scored), key=lambda c: (c.ppl, c.key))
         self.seed_kinds = {key: kind for key, (kind, _) in legal.items()}
         seed_best = self.seeds[0]
         wanted = self.options.population - len(scored)
-        scored += self._score_all(self._offspring([seed_best], [("strong", wanted)]), on_scored)
+        scored += yield from self._score_all(self._offspring([seed_best], [("strong", wanted)]))
         return self._close_generation(scored, began, seed_ppl=seed_best.ppl)
 
-    def step(self, on_scored: Callable[[], None] = lambda: None) -> dict:
+    def step(self) -> Generation:
         """One generation of mutants, crossovers and strong mutants of the current parents."""
         opts = self.options
         began = time.perf_counter()
         plan = [("mutation", opts.mutations), ("crossover", opts.crossovers),
                 ("strong", opts.population - opts.mutations - opts.crossovers)]
-        scored = self._score_all(self._offspring(self.parents, plan), on_scored)
+        scored = yield from self._score_all(self._offspring(self.parents, plan))
         return self._close_generation(scored, began)
 
     def _offspring(self, parents: list[Candidate], plan: list[tuple[str, int]]) -> list[tuple[str, Genome]]:
@@ -199,14 +206,16 @@ class EvolutionSearch:
                 out.append(genome)
         return out
 
-    def _score_all(self, batch: list[tuple[str, Genome]], on_scored) -> list[tuple[str, Candidate]]:
+    def _score_all(self, batch: list[tuple[str, Genome]]) -> Generator[list[Genome], list[float],
+                                                                       list[tuple[str, Candidate]]]:
+        if not batch:
+            return []
+        ppls = yield [genome for _, genome in batch]
         scored = []
-        for kind, genome in batch:
+        for (kind, genome), ppl in zip(batch, ppls, strict=True):
             key = genome_key(genome)
-            ppl = float(self.score(genome))
-            self.seen[key] = ppl
-            scored.append((kind, Candidate(genome, ppl, key)))
-            on_scored()
+            self.seen[key] = float(ppl)
+            scored.append((kind, Candidate(genome, float(ppl), key)))
         return scored
 
     def _close_generation(self, scored: list[tuple[str, Candidate]], began: float, **extra) -> dict:
@@ -268,24 +277,81 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def run_generations(search: EvolutionSearch, seeds: list[tuple[str, Genome]], checkpoint: Callable[[dict], None],
-                    describe: Callable[[], dict] = dict, progress: bool = True, desc: str = "evolution") -> bool:
-    """Run the remaining generations, checkpointing after each; True if the time limit cut it short."""
-    opts = search.options
-    began, limit = time.perf_counter(), (opts.time_limit_min or float("inf")) * 60
-    total = opts.population * (opts.generations + 1)
-    bar = tqdm(total=total, initial=min(total, opts.population * (search.generation + 1)), desc=desc,
-               unit="cand", disable=not progress)
+@dataclass
+class Track:
+    """One search that `run_generations` runs: its state, its seeds, and where it checkpoints."""
+
+    name: str
+    search: EvolutionSearch
+    seeds: list[tuple[str, Genome]]
+    checkpoint: Callable[[dict], None]  # gets `search.state_dict()` after each generation
+    stopped: bool = False  # cut short by the time limit
+
+    def remaining(self) -> int:
+        return 0 if self.stopped else max(self.search.options.generations - self.search.generation, 0)
+
+
+# Scores a batch of genomes (calling its second argument once per finished one); results in the batch's order.
+BatchScorer = Callable[[list[Genome], Callable[[], None]], list[CandidateScore]]
+
+
+def run_generations(tracks: list[Track], score: BatchScorer, progress: bool = True, desc: str = "evolution") -> None:
+    """Run every track's remaining generations in lockstep, each track checkpointing after each of its generations.
+
+    A round starts the next generation of every track that has one left; the batches they ask for are scored
+    together, in one call of `score` (an executor with many workers gets them all at once), and each track gets
+    its own scores back in its own order, so a track's result does not depend on the others. A track stops early
+    after the first generation that ends past its time limit (`time_limit_min`, counted from this call)."""
+    began = time.perf_counter()
+    total = sum(t.search.options.population * (t.search.options.generations + 1) for t in tracks)
+    done = sum(t.search.options.population * (t.search.generation + 1) for t in tracks)
+    bar = tqdm(total=total, initial=min(total, done), desc=desc, unit="cand", disable=not progress)
     with bar:
-        if search.parents:  # resumed
-            bar.set_postfix(gen=search.generation, best_ppl=f"{search.best.ppl:.3f}")
-        while search.generation < opts.generations:
-            row = search.initial(seeds, bar.update) if search.generation < 0 else search.step(bar.update)
-            row.update(describe())
-            checkpoint(search.state_dict())
+        while active := [t for t in tracks if t.remaining()]:
+            rows = _run_round(active, score, bar.update)
+            for track in active:
+                track.checkpoint(track.search.state_dict())
+                limit = (track.search.options.time_limit_min or float("inf")) * 60
+                track.stopped = track.remaining() > 0 and time.perf_counter() - began > limit
             # generation 0 scores every legal seed, which may outnumber the population
-            bar.total = bar.n + opts.population * (opts.generations - search.generation)
-            bar.set_postfix(gen=search.generation, best_ppl=f"{search.best.ppl:.3f}")
-            if time.perf_counter() - began > limit and search.generation < opts.generations:
-                return True
-    return False
+            bar.total = bar.n + sum(t.search.options.population * t.remaining() for t in tracks)
+            best = min(rows.values(), key=lambda row: row["best_ppl"])
+            bar.set_postfix(gen=best["generation"], best_ppl=f"{best['best_ppl']:.3f}")
+
+
+def _run_round(tracks: list[Track], score: BatchScorer, on_done: Callable[[], None]) -> dict[str, dict]:
+    """One generation of each track, their batches scored together; each track's log row (in its history), with
+    what its own candidates cost added."""
+    running: dict[str, Generation] = {t.name: t.search.initial(t.seeds) if t.search.generation < 0 else t.search.step()
+                                      for t in tracks}
+    costs: dict[str, list[CandidateScore]] = {t.name: [] for t in tracks}
+    asks: dict[str, list[Genome]] = {}
+    rows: dict[str, dict] = {}
+
+    def advance(name: str, reply: list[float] | None) -> None:
+        try:
+            asks[name] = running[name].send(reply)
+        except StopIteration as finished:
+            rows[name] = finished.value
+
+    for name in running:
+        advance(name, None)
+    while asks:
+        names, batches = list(asks), list(asks.values())
+        asks.clear()
+        scores = score([genome for batch in batches for genome in batch], on_done)
+        start = 0
+        for name, batch in zip(names, batches):
+            mine = scores[start:start + len(batch)]
+            start += len(batch)
+            costs[name] += mine
+            advance(name, [s.ppl for s in mine])
+    for name, row in rows.items():
+        row.update(_cost_stats(costs[name]))
+    return rows
+
+
+def _cost_stats(scores: list[CandidateScore]) -> dict:
+    run, reused = sum(s.layers_run for s in scores), sum(s.layers_reused for s in scores)
+    return {"seconds_per_candidate": round(sum(s.seconds for s in scores) / max(len(scores), 1), 4),
+            "prefix_reuse": round(reused / max(run + reused, 1), 4)}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.compress.search import evolution as evolution_method
+from pipeline.compress.search import executor as executor_module
 from pipeline.compress.search.candidate_scorer import CandidateScorer
 from pipeline.compress.importance.greedy_channels import greedy_channel_scores
 from pipeline.compress.search.generations import EvolutionOptions
@@ -15,6 +16,7 @@ from pipeline.compress.search.genome import (Budget, LayerGene, Rates, SearchSpa
                                                genome_from_dict, genome_parameters, genome_ratio, genome_spec,
                                                kv_groups, mutate, overlap_floor, repair)
 from pipeline.compress.search.evolution import make_budget, run_evolution, seed_genomes
+from pipeline.compress.search.final_choice import reformed_perplexity
 from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
 from pipeline.compress.importance.obs_importance import LayerImportance, layer_importance
 from pipeline.compress.search.latency_table import LatencyTable, shape_key
@@ -201,7 +203,7 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
     assert [row["generation"] for row in whole.convergence[0].history] == [0, 1, 2]
 
     scored, first_generation = [], json.loads(log[0])["scored"]
-    original = CandidateScorer.perplexity
+    original = CandidateScorer.score
 
     def interrupted(self, spec):
         if len(scored) == first_generation + 1:  # a little into generation 1
@@ -210,7 +212,7 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
         return original(self, spec)
 
     ctx = _context(tmp_path, "cut")
-    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity", interrupted)
+    monkeypatch.setattr(CandidateScorer, "score", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_evolution(ctx, 0.7, OPTIONS)
     checkpoint = json.loads((ctx.state.folder / "evolution.json").read_text())
@@ -222,7 +224,7 @@ def test_an_interrupted_search_resumes_from_its_checkpoint_and_ends_where_an_uni
         rescored.append(spec)
         return original(self, spec)
 
-    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity", counted)
+    monkeypatch.setattr(CandidateScorer, "score", counted)
     resumed = run_evolution(ctx, 0.7, OPTIONS)
     assert resumed.metrics["resumed_from_generation"] == checkpoint["generation"]
     assert resumed.metrics["candidates_scored"] == whole.metrics["candidates_scored"]
@@ -286,7 +288,7 @@ def test_the_reformed_final_choice_weighs_a_skip_free_track_and_the_uniform_seed
     assert json.loads((ctx.outputs.folder / "final_choice.json").read_text()) == rows
     # the returned architecture is the one scored, after ADMM reform (fitted on the windows before the held-out two)
     fit, held = ctx.calibration[:-2], ctx.calibration[-2:]
-    reformed = evolution_method.reformed_perplexity(ctx.model, result.spec, fit, held)
+    reformed = reformed_perplexity(ctx.model, result.spec, fit, held)
     assert reformed == pytest.approx(chosen[0]["reformed_ppl"], rel=1e-5)
     assert reformed != pytest.approx(calibration_perplexity(slice_model(ctx.model, result.spec), held), rel=1e-4)
     # the skip-free track never skipped a sublayer or removed a layer
@@ -304,10 +306,9 @@ def test_a_finished_two_track_search_resumes_both_tracks_and_only_rescores_the_f
     ctx = _context(tmp_path, "again")
     first = run_evolution(ctx, 0.7, TRACKS)
     searched, reformed = [], []
-    search_score, reform_score = CandidateScorer.perplexity, evolution_method.reformed_perplexity
-    monkeypatch.setattr(evolution_method.CandidateScorer, "perplexity",
-                        lambda self, spec: searched.append(spec) or search_score(self, spec))
-    monkeypatch.setattr(evolution_method, "reformed_perplexity",
+    search_score, reform_score = CandidateScorer.score, executor_module.reformed_perplexity
+    monkeypatch.setattr(CandidateScorer, "score", lambda self, spec: searched.append(spec) or search_score(self, spec))
+    monkeypatch.setattr(executor_module, "reformed_perplexity",
                         lambda *args, **kwargs: reformed.append(args) or reform_score(*args, **kwargs))
     again = run_evolution(ctx, 0.7, TRACKS)
     assert not searched and len(reformed) == len(first.metrics["final_choice"])
