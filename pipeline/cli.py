@@ -27,6 +27,12 @@ RECIPE_FLAGS = [
                                                                   "decode speed-up vs the dense model, e.g. 1.5."),
     ("--replacement", "search.options.replacement", click.Choice(["linear", "ffn"]),
      "Method streamline: what replaces the removed span of layers."),
+    ("--executor", "search.executor", click.Choice(["local", "ray"]), "Method evolution: where candidates are scored. "
+     "local: here, one after another; ray: a pool of Ray actors, each holding the model once, on $RAY_ADDRESS's "
+     "cluster, else a local instance (pip install 'llm-sculpt[ray]'; docs/scale.md). Same result."),
+    ("--actors", "search.actors", int, "With --executor ray: actors in the pool (default: one per GPU when "
+                                      "--device is cuda, else one per --cpus-per-actor CPUs of the cluster)."),
+    ("--cpus-per-actor", "search.cpus_per_actor", int, "With --executor ray: CPU cores (torch threads) per actor."),
     ("--data-dir", "data.data_dir", str, "Corpora directory (else $SCULPT_DATA_DIR, else the hub)."),
     ("--calib-corpus", "data.calibration", str, "Calibration corpus: auto, wikitext2, ptb, c4, pydoc, FILE.txt, "
                                                 "FILE.jsonl (its calibration split)."),

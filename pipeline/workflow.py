@@ -99,6 +99,10 @@ def preflight(recipe: Recipe) -> None:
     for name, split in ((recipe.data.calibration, "calibration"), (recipe.data.evaluation, "evaluation")):
         load_corpus(name, split, data_dir)
     parse_options(get_method(recipe.search.method), recipe.search.options)
+    if recipe.search.executor == "ray":  # without the ray extra: one line naming the install, before any work
+        from .stages.ray_executor import import_ray
+
+        import_ray()
     if recipe.validate_.baseline:
         from .stages.validate.baseline import load_baseline
 

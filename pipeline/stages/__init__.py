@@ -30,7 +30,7 @@ STAGES: dict[str, str | None] = {
 }
 STAGE_NAMES = tuple(STAGES)
 # extra of pyproject.toml -> the top-level modules it installs
-EXTRAS: dict[str, tuple[str, ...]] = {"onnx": ("onnx", "onnxscript", "onnxruntime")}
+EXTRAS: dict[str, tuple[str, ...]] = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "ray": ("ray",)}
 
 
 class MissingExtra(SculptError):

@@ -3,7 +3,8 @@
 Writes `search/arch.json` and, for methods that fit new weights (e.g. a trained
 replacement), `search/weights.safetensors`; what a method keeps (logs, checkpoints, cached
 tables) goes through the folder stores it is given (method_store.py), and a search's
-generations become convergence charts here.
+generations become convergence charts here. With `search.executor: ray` a search scores its candidates on a
+pool of Ray actors (ray_executor.py) instead of here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from safetensors.torch import save_file
 
 from ..compress import MethodContext, get_method, parse_options
+from ..compress.search.executor import ExecutorFactory
 from ..models.adapters import adapter_for
 from ..models.spec import decoder_parameters, decoder_ratio, dense_decoder_parameters, total_parameters
 from ..paths import cache_root, cpu_name
@@ -31,10 +33,22 @@ def inputs(ctx: StageContext) -> list[str]:
     return []
 
 
+def executor_factory(ctx: StageContext) -> ExecutorFactory | None:
+    """Where the method scores its candidates (`search.executor`): None = here; not in the stage's options,
+    because the result does not depend on it."""
+    search = ctx.recipe.search
+    if search.executor == "local":
+        return None
+    from .ray_executor import PoolShape, ray_executor_factory
+
+    return ray_executor_factory(PoolShape(search.actors, search.cpus_per_actor, ctx.recipe.model.device))
+
+
 def run(ctx: StageContext) -> None:
     search = ctx.recipe.search
     method = get_method(search.method)
     method_options = parse_options(method, search.options)
+    executor = executor_factory(ctx)  # a missing ray extra fails here, before any work
     with ctx.artifact.stage(NAME, options=options(ctx)) as st:
         loaded = ctx.source()
         adapter = adapter_for(loaded.model.config)
@@ -43,7 +57,7 @@ def run(ctx: StageContext) -> None:
             model=loaded.model, tokenizer=loaded.tokenizer, adapter=adapter, base=adapter.dims(loaded.model.config),
             calibration=windows, seed=ctx.recipe.seed, progress=ctx.progress, outputs=FolderStore(st.dir),
             state=FolderStore(ctx.resume_dir(NAME)), cache=FolderStore(cache_root()), machine=cpu_name(),
-            batch_size=ctx.recipe.data.batch_size,
+            batch_size=ctx.recipe.data.batch_size, executor=executor,
         )
         result = method.run(method_ctx, search.ratio, method_options)
         for chart in result.convergence:
