@@ -53,6 +53,7 @@ class GraphIO:
     dtype: str  # "float32" | "float16": the dtype of the KV cache and the logits
     opset: int
     dummy_slots: int = DUMMY_SLOTS
+    quantized: str | None = None  # "int4" | "int8": weight-only quantized MatMuls (exporters/quantize.py); None: not
 
     @classmethod
     def from_config(cls, config, dtype: str, opset: int) -> "GraphIO":
@@ -141,4 +142,5 @@ class GraphIO:
             raise SculptError(f"{path} is not an llm-sculpt ONNX I/O description of version {IO_VERSION}: "
                               "re-export the model with this llm-sculpt")
         return cls(kv_heads=tuple(data["kv_heads"]), head_dim=data["head_dim"], vocab_size=data["vocab_size"],
-                   dtype=data["dtype"], opset=data["opset"], dummy_slots=data["dummy_slots"])
+                   dtype=data["dtype"], opset=data["opset"], dummy_slots=data["dummy_slots"],
+                   quantized=data.get("quantized"))

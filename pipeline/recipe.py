@@ -60,8 +60,28 @@ class ReformSection(Section):
     sequential: bool = True  # inputs from the already-reformed layers; false = the original model's activations
 
 
+class QuantizationSection(Section):
+    # weight-only quantization when export.precision is int4 or int8: onnxruntime's MatMulNBits (docs/export.md)
+    block_size: int = Field(32, ge=16)  # input rows sharing one scale; a power of two (32, 64, 128)
+    symmetric: bool = False  # false: a zero point per block; true: none (signed weights around 0)
+    # hqq (int4 only): half-quadratic fit of scale and zero point; default: block-wise min-max round-to-nearest;
+    # auto: hqq for asymmetric int4 (SmolLM2 int4: perplexity +9 % with hqq, +43 % with default), default otherwise
+    algorithm: Literal["auto", "default", "hqq"] = "auto"
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # MatMulNBits compute on CPU: 4 = int8 activations (fastest), 0/1 = fp32
+    lm_head: bool = True  # also quantize the output projection (its own copy when tied; the embedding stays fp32)
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two: 32, 64 or 128")
+        return value
+
+
 class ExportSection(Section):
-    precision: Literal["fp32", "fp16"] = "fp32"  # fp16: weights and activations in fp16, norms and softmax in fp32
+    # fp16: weights and activations in fp16, norms and softmax in fp32; int4/int8: fp32 graph, weight-only quantized
+    precision: Literal["fp32", "fp16", "int8", "int4"] = "fp32"
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)  # used by int4 / int8
     opset: int = Field(18, ge=14, le=24)  # 18 for TensorRT 10.3 / JetPack 6; >= 23 emits fused Attention ops
     include_source: bool = False  # also export the dense source model (export/source/), e.g. for latency ratios
     external_data: bool | None = None  # weights in model.onnx.data; null = only when one file would pass 2 GB

@@ -4,6 +4,13 @@ Writes `export/model.onnx` (+ `model.onnx.data` above 2 GB), `export/io.json` (n
 heads per cache entry), `export/parity.json` and `export/lint.json`; with
 `export.include_source`, the same for the dense source model in `export/source/`.
 
+`export.precision` int4 / int8: the fp32 graph is exported and checked against PyTorch as usual
+(parity.json), then its MatMul weights are quantized by ONNX Runtime's quantizer
+(exporters/quantize.py) in place; `quantization.json` and the manifest record how, and how far the
+quantized graph's logits and greedy tokens are from PyTorch's. That distance is not a pass/fail
+here: the validate stage judges a quantized graph by perplexity and greedy agreement
+(`validate.quantized`).
+
 The composition lives here, not in `exporters`: the exporters export, check parity against
 any runner and lint; the ONNX Runtime runner that checks the export is a validator.
 """
@@ -11,6 +18,7 @@ any runner and lint; the ONNX Runtime runner that checks the export is a validat
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +28,7 @@ from transformers import AutoModelForCausalLM
 
 from exporters.onnx_export import PRECISIONS, as_sculpted, export_copy, export_model
 from exporters.parity import check_parity
+from exporters.quantize import QUANTIZED_PRECISIONS, WeightQuantization, quantize_graph
 from exporters.trt_lint import lint
 from validators.ort_runner import OrtRunner
 
@@ -30,7 +39,9 @@ NAME = "export"
 
 
 def options(ctx: StageContext) -> dict:
-    return {**ctx.recipe.export.model_dump(mode="json"), "model": ctx.model_options()}
+    section = ctx.recipe.export
+    exclude = None if section.precision in QUANTIZED_PRECISIONS else {"quantization"}  # unused by fp32 / fp16
+    return {**section.model_dump(mode="json", exclude=exclude), "model": ctx.model_options()}
 
 
 def inputs(ctx: StageContext) -> list[str]:
@@ -40,8 +51,10 @@ def inputs(ctx: StageContext) -> list[str]:
 
 def run(ctx: StageContext) -> None:
     section = ctx.recipe.export
+    quantization = (WeightQuantization.from_section(section.precision, section.quantization)
+                    if section.precision in QUANTIZED_PRECISIONS else None)
     settings = dict(precision=section.precision, opset=section.opset, external_data=section.external_data,
-                    check_tokens=section.check_tokens, say=ctx.say)
+                    check_tokens=section.check_tokens, say=ctx.say, quantization=quantization)
     with ctx.artifact.stage(NAME, options=options(ctx), inputs=inputs(ctx)) as st:
         device = ctx.recipe.model.device
         model = AutoModelForCausalLM.from_pretrained(ctx.artifact.path / "slice" / "model", dtype=torch.float32)
@@ -53,24 +66,52 @@ def run(ctx: StageContext) -> None:
 
 def export_checked(model: nn.Module, directory: Path, precision: str = "fp32", opset: int = 18,
                    external_data: bool | None = None, check_tokens: int = 32,
-                   say: Callable[[str], None] = print) -> dict:
+                   say: Callable[[str], None] = print, quantization: WeightQuantization | None = None) -> dict:
     """Export `model` (sculpted or dense) into `directory`, verify it, and return the metrics.
 
-    Writes, into one directory: model.onnx (+ model.onnx.data), io.json, parity.json, lint.json.
-    Raises SculptError when parity fails.
+    Writes, into one directory: model.onnx (+ model.onnx.data), io.json, parity.json, lint.json, and for
+    precision int4 / int8 (`quantization` then says how) quantization.json. Raises SculptError when the parity
+    of the fp32 / fp16 graph fails.
     """
+    if (precision in QUANTIZED_PRECISIONS) != (quantization is not None):
+        raise ValueError(f"precision {precision} with quantization {quantization}: give both or neither")
+    graph_precision = "fp32" if quantization is not None else precision
     sculpted = as_sculpted(model)
-    say(f"  exporting {precision} ONNX (opset {opset}) to {directory}")
-    graph = export_model(sculpted, directory, precision, opset, external_data)
+    say(f"  exporting {graph_precision} ONNX (opset {opset}) to {directory}")
+    graph = export_model(sculpted, directory, graph_precision, opset, external_data)
     say(f"  checking it against PyTorch ({check_tokens} greedy tokens through the KV cache)")
-    runner = OrtRunner.from_export_dir(directory)
-    parity = check_parity(export_copy(sculpted, PRECISIONS[precision]), runner, precision,
-                          greedy_tokens=check_tokens)
+    reference = export_copy(sculpted, PRECISIONS[graph_precision])
+    parity = check_parity(reference, OrtRunner.from_export_dir(directory), graph_precision, greedy_tokens=check_tokens)
     (directory / "parity.json").write_text(json.dumps(parity.as_dict(), indent=1) + "\n")
     parity.require()
+    quantized = None
+    if quantization is not None:
+        quantized = quantize_checked(reference, directory, quantization, graph.io, external_data, check_tokens, say)
     reports = {target: lint(graph.path, target) for target in TRT_TARGETS}
     (directory / "lint.json").write_text(json.dumps({t: r.as_dict() for t, r in reports.items()}, indent=1) + "\n")
-    return {"precision": precision, "opset": opset, "onnx_bytes": graph.bytes, "external_data": graph.external_data,
+    onnx_bytes = quantized["onnx_bytes_after"] if quantized else graph.bytes
+    external = (directory / "model.onnx.data").is_file()
+    return {"precision": precision, "opset": opset, "onnx_bytes": onnx_bytes, "external_data": external,
             "export_s": round(graph.seconds, 1), "fp32_pinned_ops": graph.fp32_pinned,
             "cache_entries": graph.io.num_cache_entries, "kv_heads": list(graph.io.kv_heads),
-            "parity": parity.as_dict(), "trt_lint_ok": {t: r.ok for t, r in reports.items()}}
+            "parity": parity.as_dict(), "trt_lint_ok": {t: r.ok for t, r in reports.items()},
+            **({"quantization": quantized} if quantized else {})}
+
+
+def quantize_checked(reference: nn.Module, directory: Path, spec: WeightQuantization, io, external_data: bool | None,
+                     check_tokens: int, say: Callable[[str], None]) -> dict:
+    """Quantize the checked fp32 graph in `directory` in place, mark io.json, and measure how far the quantized
+    graph is from PyTorch (recorded, not judged: validate's quantized gates judge it)."""
+    say(f"  quantizing the weights to {spec.label} (block {spec.block_size}, {spec.algorithm}, onnxruntime "
+        f"MatMulNBits, accuracy level {spec.accuracy_level})")
+    quantized = quantize_graph(directory, spec, external_data).as_dict()
+    replace(io, quantized=spec.label).save(directory)
+    distance = check_parity(reference, OrtRunner.from_export_dir(directory), "fp32", greedy_tokens=check_tokens)
+    kept = ("max_abs_logits", "max_abs_logits_decode", "logit_scale", "greedy_match", "greedy_tokens")
+    quantized["vs_torch"] = {key: getattr(distance, key) for key in kept}
+    (directory / "quantization.json").write_text(json.dumps(quantized, indent=1) + "\n")
+    say(f"  {quantized['matmuls_quantized']} MatMuls quantized, {len(quantized['matmuls_kept_fp32'])} kept in "
+        f"fp32; ONNX {quantized['onnx_bytes_before'] / 2**20:.1f} -> "
+        f"{quantized['onnx_bytes_after'] / 2**20:.1f} MiB; greedy tokens equal to PyTorch's: "
+        f"{distance.greedy_match}/{distance.greedy_tokens}")
+    return quantized
