@@ -67,6 +67,10 @@ RECIPE_FLAGS = [
                                                                      "source, in percent."),
     ("--parity-tolerance", "validate.gates.parity_tolerance", float, "Gate: max perplexity difference of each "
                                                                      "backend from torch, in percent."),
+    ("--quantized-max-ppl-increase", "validate.quantized.max_ppl_increase", float, "Gate of an int4/int8 backend: "
+     "max perplexity increase over the unquantized sculpted model (torch), in percent."),
+    ("--quantized-min-agreement", "validate.quantized.min_greedy_agreement", float, "Gate of an int4/int8 "
+     "backend: min share (0-1) of torch's greedy tokens it also predicts."),
     ("--min-speedup", "validate.gates.min_speedup", float, "Gate: min decode tokens/s speed-up over the source, "
                                                            "at every decode batch size."),
     ("--max-memory", "validate.gates.max_memory", str, "Gate: max peak memory the model adds, per backend "

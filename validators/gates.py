@@ -4,6 +4,11 @@ Pure functions of plain dicts (the metrics the validate stage records in the man
 gate's verdict can be recomputed from any artifact. Each result carries one readable line
 saying which gate failed and by how much.
 
+A backend that runs quantized weights (an int4/int8 ONNX export) cannot match torch's fp32 logits,
+so `parity_tolerance` and `max_logit_diff` skip it; it is judged instead by the quantized gates
+(the recipe's `validate.quantized`): its perplexity increase over the unquantized sculpted model
+(torch) and its greedy agreement with torch (`validators.parity.greedy_agreement`).
+
 Speed gates judge a speed-up measured side by side: its median and the spread of its per-round
 ratios (`pipeline.measures.speedup`). When the spread straddles the limit (the margin is smaller
 than the run's noise), or there were too few rounds to measure the noise, the result is
@@ -110,7 +115,8 @@ def _parity(metrics: dict, limit: float) -> list[GateResult]:
     parity = metrics.get("parity") or {}
     if not parity:
         return [GateResult("parity_tolerance", "skipped", "only one backend was measured: nothing to compare")]
-    return [_upper("parity_tolerance", abs(p["ppl_diff_pct"]), limit,
+    return [_not_quantized("parity_tolerance", name, metrics) or
+            _upper("parity_tolerance", abs(p["ppl_diff_pct"]), limit,
                    f"{name} perplexity differs from torch's by {p['ppl_diff_pct']:+.4f} %; limit ±{limit:g} %",
                    lambda over: f"over by {over:.4f} points", subject=name)
             for name, p in parity.items()]
@@ -120,10 +126,50 @@ def _logit_diff(metrics: dict, limit: float) -> list[GateResult]:
     parity = metrics.get("parity") or {}
     if not parity:
         return [GateResult("max_logit_diff", "skipped", "only one backend was measured: nothing to compare")]
-    return [_upper("max_logit_diff", p["max_abs_logit_diff"], limit,
+    return [_not_quantized("max_logit_diff", name, metrics) or
+            _upper("max_logit_diff", p["max_abs_logit_diff"], limit,
                    f"{name} logits differ from torch's by up to {p['max_abs_logit_diff']:.3g}; limit {limit:g}",
                    lambda over: f"over by {over:.3g}", subject=name)
             for name, p in parity.items()]
+
+
+def _not_quantized(gate: str, name: str, metrics: dict) -> GateResult | None:
+    """None for a backend with float weights; for a quantized one, a skip that says which gates judge it."""
+    weights = (metrics.get("quantized_backends") or {}).get(name)
+    if weights is None:
+        return None
+    return GateResult(gate, "skipped", f"{name} runs {weights} weights, judged by validate.quantized (perplexity "
+                      "increase and greedy agreement) instead of fp32 parity", subject=name)
+
+
+def _quantized(gate: str, check):
+    """A gate over every backend that runs quantized weights (skipped when none does)."""
+    def run(metrics: dict, limit: float) -> list[GateResult]:
+        quantized = metrics.get("quantized_backends") or {}
+        parity = metrics.get("parity") or {}
+        if not quantized:
+            return [GateResult(gate, "skipped", "no backend runs quantized weights")]
+        return [check(name, weights, parity[name], metrics, limit) for name, weights in quantized.items()]
+    return run
+
+
+def _quantized_ppl(name: str, weights: str, parity: dict, metrics: dict, limit: float) -> GateResult:
+    value = parity["ppl_diff_pct"]
+    detail = (f"{name} ({weights} weights) perplexity {metrics['ppl_by_backend'][name]:.3f} vs the unquantized "
+              f"sculpted model's {metrics['ppl']:.3f} (torch), {value:+.2f} %; limit +{limit:g} % "
+              "(validate.quantized.max_ppl_increase)")
+    return _upper("quantized_max_ppl_increase", value, limit, detail, lambda over: f"over by {over:.2f} points",
+                  subject=name)
+
+
+def _quantized_agreement(name: str, weights: str, parity: dict, metrics: dict, limit: float) -> GateResult:
+    value = parity["greedy_agreement"]
+    detail = (f"{name} ({weights} weights) predicts {100 * value:.1f} % of torch's greedy tokens on the fixed "
+              f"prompts; at least {100 * limit:g} % (validate.quantized.min_greedy_agreement)")
+    failed = value < limit
+    text = f"{detail}, short by {100 * (limit - value):.1f} points" if failed else detail
+    return GateResult("quantized_min_greedy_agreement", "failed" if failed else "passed", text, name, float(value),
+                      float(limit))
 
 
 def _speedup(gate: str, key: str, what: str):
@@ -156,7 +202,11 @@ _CHECKS = {
     "min_prefill_speedup": _speedup("min_prefill_speedup", "prefill_speedup_by_len", "prefill speed at length"),
     "max_memory": _bytes_gate("max_memory", "memory_by_backend", "peak memory added by the model"),
     "max_size": _bytes_gate("max_size", "size_by_backend", "size on disk"),
+    "quantized_max_ppl_increase": _quantized("quantized_max_ppl_increase", _quantized_ppl),
+    "quantized_min_greedy_agreement": _quantized("quantized_min_greedy_agreement", _quantized_agreement),
 }
+QUANTIZED_GATES = {"max_ppl_increase": "quantized_max_ppl_increase",  # validate.quantized key -> gate name
+                   "min_greedy_agreement": "quantized_min_greedy_agreement"}
 GATE_NAMES = tuple(_CHECKS)
 
 

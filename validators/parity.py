@@ -4,6 +4,12 @@ The prompts are fixed text (tokenised with the model's own tokenizer), so every 
 backend sees the same input. Logit differences are absolute (the logits' own scale), top-1
 agreement is the share of positions whose most likely next token is the same, and the greedy
 match counts the generated tokens that agree before the first difference.
+
+Greedy agreement is the measure a quantized backend is judged by: the reference generates its
+greedy continuation, the other backend scores that same sequence, and the agreement is the share
+of generated positions where the other backend's most likely token is the reference's. Unlike the
+greedy match, one near-tie that flips early does not zero it: every position is judged on the same
+prefix.
 """
 
 from __future__ import annotations
@@ -62,11 +68,21 @@ def greedy_match(reference: torch.LongTensor, other: torch.LongTensor, new_token
     return int(same.sum(dim=1).min().item())
 
 
+def greedy_agreement(generated: torch.LongTensor, logits: torch.Tensor, new_tokens: int) -> int:
+    """How many of the last `new_tokens` ids of `generated` [B, L] (a reference's greedy continuation) are also
+    the argmax of `logits` [B, L, V] (another backend scoring that same sequence) at the position before them."""
+    predicted = logits[:, -new_tokens - 1:-1].argmax(-1)
+    return int((predicted == generated[:, -new_tokens:]).sum().item())
+
+
 def compare_runners(reference: MeasuredRunner, other: MeasuredRunner, prompts: list[torch.LongTensor],
                     new_tokens: int) -> dict:
-    """Logit parity and greedy agreement of `other` against `reference` on `prompts`."""
+    """Logit parity, greedy match and greedy agreement of `other` against `reference` on `prompts`."""
     logits = logit_parity([reference.logits(ids) for ids in prompts], [other.logits(ids) for ids in prompts])
-    matches = [greedy_match(reference.generate(ids, new_tokens), other.generate(ids, new_tokens), new_tokens)
-               for ids in prompts]
+    matches, agreed = [], 0
+    for ids in prompts:
+        generated = reference.generate(ids, new_tokens)
+        matches.append(greedy_match(generated, other.generate(ids, new_tokens), new_tokens))
+        agreed += greedy_agreement(generated, other.logits(generated), new_tokens)
     return {"reference": reference.name, **logits.as_dict(), "greedy_match": min(matches),
-            "greedy_tokens": new_tokens}
+            "greedy_tokens": new_tokens, "greedy_agreement": agreed / (new_tokens * len(prompts))}

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from validators.backends import ModelFiles, open_runner, resolve_backends
-from validators.gates import check_baseline, check_gates
+from validators.gates import QUANTIZED_GATES, check_baseline, check_gates
 from validators.parity import compare_runners, prompt_ids
 
 from ...artifacts.manifest import StageRecord, to_jsonable
@@ -49,7 +49,7 @@ from .report import MEASURED_KEYS, REPORT_SCHEMA_VERSION, build_report, headline
 
 NAME = "validate"
 REPORT = "report.json"
-GATE_KEYS = {"gates", "baseline", "baseline_tolerance", "baseline_speed_tolerance", "on_undecidable"}
+GATE_KEYS = {"gates", "quantized", "baseline", "baseline_tolerance", "baseline_speed_tolerance", "on_undecidable"}
 SOURCE, SCULPTED = "source", "sculpted"  # the labels of the timed models
 
 
@@ -69,7 +69,8 @@ def options(ctx: StageContext) -> dict:
         found = load_baseline(section.baseline)
         baseline = {**found.as_dict(), "tolerance_pct": section.baseline_tolerance,
                     "speed_tolerance_pct": section.baseline_speed_tolerance}
-    return {"measure": measure_options(ctx), "gates": section.gates.active(), "baseline": baseline,
+    return {"measure": measure_options(ctx), "gates": section.gates.active(),
+            "quantized_gates": section.quantized.model_dump(), "baseline": baseline,
             "on_undecidable": section.on_undecidable}
 
 
@@ -97,7 +98,7 @@ def run(ctx: StageContext) -> None:
         else:
             ctx.say("  measurements reused from the previous validate run: only gates or the baseline changed")
         metrics = headline_metrics(measured)
-        results = check_gates(metrics, section.gates.active())
+        results = check_gates(metrics, active_gates(section, metrics))
         compared = None
         if baseline is not None:
             results += check_baseline(metrics, baseline.metrics, str(baseline.path), section.baseline_tolerance,
@@ -112,6 +113,14 @@ def run(ctx: StageContext) -> None:
         for result in results:
             warning = "warning: " if result.status == "undecidable" and section.on_undecidable == "warn" else ""
             ctx.say(f"  {warning}gate {result.line()}")
+
+
+def active_gates(section, metrics: dict) -> dict:
+    """The recipe's gates, plus the quantized gates (`validate.quantized`) when a backend runs quantized weights."""
+    gates = section.gates.active()
+    if metrics.get("quantized_backends"):
+        gates.update({QUANTIZED_GATES[key]: value for key, value in section.quantized.model_dump().items()})
+    return gates
 
 
 def model_files(ctx: StageContext) -> ModelFiles:
@@ -139,6 +148,10 @@ def measure_all(ctx: StageContext) -> dict:
     runners = {name: open_runner(name, files) for name in available}
     sculpted = {name: measure_backend(runner, files, ids, work, ctx.say, ctx.progress, SCULPTED)
                 for name, runner in runners.items()}
+    for name, runner in runners.items():
+        weights = getattr(getattr(runner, "io", None), "quantized", None)  # an int4/int8 graph (exporters/quantize.py)
+        if weights:
+            sculpted[name]["quantized"] = weights
     prompts = prompt_ids(tokenizer)
     parity = {name: compare_runners(runners["torch"], runner, prompts, section.parity_new_tokens)
               for name, runner in runners.items() if name != "torch"}

@@ -17,7 +17,8 @@ from typing import Any
 from validators.gates import GateResult, failing, format_size
 
 REPORT_SCHEMA = "llm-sculpt/validate-report"
-REPORT_SCHEMA_VERSION = 2  # 2: timings side by side (`speed`); 1 took the source's timings from the cache
+REPORT_SCHEMA_VERSION = 3  # 3: greedy agreement, quantized backends; 2: timings side by side (`speed`); 1 took
+# the source's timings from the cache
 MEASURED_KEYS = ("evaluation", "workload", "backends", "sculpted", "source", "parity", "speed")
 SPEEDUP_KEYS = ("median", "low", "high", "min", "max", "pairs", "spread_pct")  # what the metrics keep of one
 
@@ -50,8 +51,11 @@ def headline_metrics(measured: dict[str, Any]) -> dict[str, Any]:
     metrics["ppl_by_backend"] = {name: r["perplexity"]["ppl"] for name, r in sculpted["by_backend"].items()}
     metrics["parity"] = {name: {"ppl_diff_pct": 100 * (metrics["ppl_by_backend"][name] / ppl - 1),
                                 **{key: p[key] for key in ("max_abs_logit_diff", "top1_agreement", "greedy_match",
-                                                           "greedy_tokens")}}
+                                                           "greedy_tokens", "greedy_agreement")}}
                          for name, p in measured.get("parity", {}).items()}
+    quantized = {name: r["quantized"] for name, r in sculpted["by_backend"].items() if r.get("quantized")}
+    if quantized:
+        metrics["quantized_backends"] = quantized
     if decode:
         metrics["decode_speedup_by_batch"] = decode
     if prefill:
@@ -171,8 +175,13 @@ def _quality(report: dict):
     for name, result in report["sculpted"]["by_backend"].items():
         ppl = result["perplexity"]["ppl"]
         change = f"{100 * (ppl / reference - 1):+.2f} %" if reference else ""
-        rows.append(("sculpted", name, f"{ppl:.3f}", change, _count(report["sculpted"]["params"])))
+        rows.append(("sculpted", _backend(name, result), f"{ppl:.3f}", change, _count(report["sculpted"]["params"])))
     return ("model", "backend", "perplexity", "vs source", "parameters"), rows
+
+
+def _backend(name: str, result: dict) -> str:
+    """A backend's name, with the weights it runs when they are quantized (e.g. `onnxruntime (int4)`)."""
+    return f"{name} ({result['quantized']})" if result.get("quantized") else name
 
 
 def _parity(report: dict):
@@ -180,10 +189,12 @@ def _parity(report: dict):
     rows = []
     for name, p in report["parity"].items():
         ppl = report["sculpted"]["by_backend"][name]["perplexity"]["ppl"]
-        rows.append((name, f"{100 * (ppl / torch_ppl - 1):+.4f} %", f"{p['max_abs_logit_diff']:.3g}",
-                     f"{p['mean_abs_logit_diff']:.3g}", f"{100 * p['top1_agreement']:.1f} %",
-                     f"{p['greedy_match']}/{p['greedy_tokens']}"))
-    return ("backend", "ppl diff", "max |dlogit|", "mean |dlogit|", "top-1 agree", "greedy match"), rows
+        rows.append((_backend(name, report["sculpted"]["by_backend"][name]), f"{100 * (ppl / torch_ppl - 1):+.4f} %",
+                     f"{p['max_abs_logit_diff']:.3g}", f"{p['mean_abs_logit_diff']:.3g}",
+                     f"{100 * p['top1_agreement']:.1f} %", f"{p['greedy_match']}/{p['greedy_tokens']}",
+                     f"{100 * p['greedy_agreement']:.1f} %"))
+    return ("backend", "ppl diff", "max |dlogit|", "mean |dlogit|", "top-1 agree", "greedy match",
+            "greedy agreement"), rows
 
 
 def _speed(report: dict):

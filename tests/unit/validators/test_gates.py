@@ -2,7 +2,7 @@
 
 import pytest
 
-from validators.gates import GATE_NAMES, check_baseline, check_gates, failing, parse_size
+from validators.gates import GATE_NAMES, QUANTIZED_GATES, check_baseline, check_gates, failing, parse_size
 
 
 def speedup(median, low=None, high=None, pairs=5):
@@ -31,7 +31,7 @@ def verdicts(gates):
 def test_gates_within_their_limits_pass():
     gates = {"max_ppl_increase": 12, "max_ppl": 25, "parity_tolerance": 0.1, "max_logit_diff": 1e-3,
              "min_speedup": 1.05, "min_prefill_speedup": 1.0, "max_memory": "512MiB", "max_size": "300MiB"}
-    assert set(gates) == set(GATE_NAMES)
+    assert set(gates) | set(QUANTIZED_GATES.values()) == set(GATE_NAMES)  # the quantized ones: below
     results = check_gates(METRICS, gates)
     assert results and all(r.status == "passed" for r in results)
 
@@ -138,3 +138,35 @@ def test_baseline_speed_check_inside_the_spread_is_undecidable():
     noisy = {**METRICS, "decode_speedup_by_batch": {"1": speedup(1.45, 1.38, 1.50), "4": speedup(1.1)}}
     results = check_baseline(noisy, {"ppl": 22.0, "decode_speedup": 1.5}, "v1", 1.0, speed_tolerance_pct=5.0)
     assert results[1].status == "undecidable" and results[1].subject == "decode_speedup"
+
+
+QUANTIZED = {**METRICS, "ppl_by_backend": {"torch": 22.0, "onnxruntime": 24.2},
+             "parity": {"onnxruntime": {"ppl_diff_pct": 10.0, "max_abs_logit_diff": 2.5, "greedy_agreement": 0.875}},
+             "quantized_backends": {"onnxruntime": "int4"}}
+QUANTIZED_LIMITS = {"quantized_max_ppl_increase": 15, "quantized_min_greedy_agreement": 0.8}
+
+
+def test_a_quantized_backend_is_judged_by_perplexity_and_greedy_agreement_not_fp32_parity():
+    results = {r.label: r for r in check_gates(QUANTIZED, {"parity_tolerance": 0.1, "max_logit_diff": 1e-3,
+                                                           **QUANTIZED_LIMITS})}
+    assert {label: r.status for label, r in results.items()} == {
+        "parity_tolerance[onnxruntime]": "skipped", "max_logit_diff[onnxruntime]": "skipped",
+        "quantized_max_ppl_increase[onnxruntime]": "passed", "quantized_min_greedy_agreement[onnxruntime]": "passed"}
+    assert "int4 weights, judged by validate.quantized" in results["parity_tolerance[onnxruntime]"].detail
+
+
+def test_tightened_quantized_gates_fail_saying_by_how_much():
+    tight = {"quantized_max_ppl_increase": 5, "quantized_min_greedy_agreement": 0.9}
+    results = {r.gate: r for r in check_gates(QUANTIZED, tight)}
+    assert {gate: r.status for gate, r in results.items()} == dict.fromkeys(tight, "failed")
+    assert "24.200 vs the unquantized sculpted model's 22.000" in results["quantized_max_ppl_increase"].line()
+    assert "over by 5.00 points" in results["quantized_max_ppl_increase"].line()
+    assert "87.5 %" in results["quantized_min_greedy_agreement"].line()
+    assert "short by 2.5 points" in results["quantized_min_greedy_agreement"].line()
+
+
+def test_quantized_gates_skip_a_model_without_quantized_backends_and_fp32_parity_still_applies():
+    results = check_gates(METRICS, {"parity_tolerance": 0.01, **QUANTIZED_LIMITS})
+    assert {r.label: r.status for r in results} == {"parity_tolerance[onnxruntime]": "failed",
+                                                    "quantized_max_ppl_increase": "skipped",
+                                                    "quantized_min_greedy_agreement": "skipped"}
