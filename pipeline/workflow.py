@@ -10,7 +10,8 @@ stage has run and been recorded; `gate_failures(artifact)` reads the verdict of 
 Stage modules are imported as their stage runs. The full pipeline records a stage whose optional
 extra is not installed (export and build without `onnx`) as skipped, the install command as the
 reason, and goes on (validate then measures torch alone); a stage asked for by name raises that
-reason as a `MissingExtra` error instead.
+reason as a `MissingExtra` error instead. A stage that cannot apply to the artifact as it is (a
+TensorRT build of an int4 export) is handled the same way (`StageNotApplicable`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from .errors import GateFailure, SculptError
 from .models.loading import describe_source
 from .paths import sha256_file
 from .recipe import Recipe, build_recipe
-from .stages import STAGE_NAMES, STAGES, MissingExtra, StageContext, check_stage_names, load_stage, needs_extra
+from .stages import (
+    STAGE_NAMES,
+    STAGES,
+    StageContext,
+    StageNotApplicable,
+    check_stage_names,
+    load_stage,
+    needs_extra,
+)
 
 
 def open_or_create(recipe: Recipe, new: bool = False) -> tuple[Artifact, bool]:
@@ -66,14 +75,15 @@ def select_stages(names: Iterable[str] | None) -> list[str]:
 def run_stages(ctx: StageContext, names: list[str], force: bool = False, skip_missing_extras: bool = False) -> None:
     """Run the stages `names` in pipeline order; a stage whose options and inputs are unchanged is skipped.
 
-    A stage whose optional extra is not installed raises MissingExtra, or with `skip_missing_extras` is
-    recorded as skipped with that reason while the others go on.
+    A stage whose optional extra is not installed (MissingExtra), or that cannot apply to the artifact
+    (StageNotApplicable), raises, or with `skip_missing_extras` is recorded as skipped with that reason while
+    the others go on.
     """
     for name in names:
         try:
             with needs_extra(f"stage {name}", STAGES[name]):
                 _run_stage(ctx, load_stage(name), force)
-        except MissingExtra as missing:
+        except StageNotApplicable as missing:
             if not skip_missing_extras:
                 raise
             ctx.artifact.skip(name, str(missing))

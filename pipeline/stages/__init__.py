@@ -33,7 +33,13 @@ STAGE_NAMES = tuple(STAGES)
 EXTRAS: dict[str, tuple[str, ...]] = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "ray": ("ray",)}
 
 
-class MissingExtra(SculptError):
+class StageNotApplicable(SculptError):
+    """A stage that cannot apply to this artifact as it is (a TensorRT build of an int4 ONNX Runtime graph, a stage
+    whose extra is not installed): `sculpt run` records it as skipped with the message as the reason and goes on;
+    the stage asked for by name fails with it (one line naming why and the fix)."""
+
+
+class MissingExtra(StageNotApplicable):
     """Something needs an optional extra that is not installed; the message names the install command."""
 
     def __init__(self, what: str, extra: str, missing: list[str]) -> None:
@@ -80,5 +86,5 @@ def load_stage(name: str) -> ModuleType:
         return importlib.import_module(f"{__name__}.{name}")
 
 
-__all__ = ["STAGES", "STAGE_NAMES", "EXTRAS", "MissingExtra", "StageContext", "check_stage_names", "load_stage",
-           "missing_modules", "needs_extra"]
+__all__ = ["STAGES", "STAGE_NAMES", "EXTRAS", "MissingExtra", "StageNotApplicable", "StageContext",
+           "check_stage_names", "load_stage", "missing_modules", "needs_extra"]

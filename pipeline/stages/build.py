@@ -1,8 +1,12 @@
 """build: the edge kit (always), then a TensorRT engine for the GPU at hand (when TensorRT and a GPU are here).
 
 Writes `kit/` (recorded as its own stage, so it exists even when no engine can be built:
-see exporters/edge_kit.py) and `build/model.plan` + `build/timing.cache`. Without TensorRT
-or a GPU the build stage is recorded `skipped` with the reason and the run carries on.
+see exporters/edge_kit.py) and `build/model.plan` + `build/timing.cache` + `build/io.json` (the
+graph's I/O, which `validators/trt_runner.py` reads beside the engine to run it in validate).
+Without TensorRT or a GPU the build stage is recorded `skipped` with the reason and the run
+carries on. An int4/int8 export (ONNX Runtime's MatMulNBits) cannot be built for TensorRT: the
+stage refuses it before writing anything (`StageNotApplicable`: skipped in `sculpt run`, an error
+from `sculpt build`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from exporters.trt_lint import lint
 from exporters.trt_plan import BuildPlan
 
 from ..errors import SculptError
+from . import StageNotApplicable
 from .context import StageContext
 
 NAME = "build"
@@ -35,6 +40,11 @@ def run(ctx: StageContext) -> None:
     section = ctx.recipe.build
     export_dir = ctx.artifact.path / "export"
     io = GraphIO.load(export_dir)
+    if io.quantized:
+        raise StageNotApplicable(
+            f"TensorRT cannot build the {io.quantized} export: its weights are ONNX Runtime MatMulNBits ops, which "
+            "TensorRT does not parse, and int4/int8 for TensorRT (NVIDIA ModelOpt) is not supported here; export with "
+            "--export-precision fp16 or fp32 to build an engine")
     plan = BuildPlan.from_section(section, io, io.dtype)
     report = lint(export_dir / plan.onnx_file, section.target, plan.lint_profiles())
     if not ctx.artifact.is_current(KIT, options(ctx), inputs(ctx)):
