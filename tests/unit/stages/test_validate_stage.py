@@ -74,7 +74,7 @@ def test_gates_that_pass_exit_zero_and_write_the_reports(tmp_path, trained):
 
 
 def test_an_impossible_gate_exits_with_the_gate_status_and_names_the_gate(tmp_path, trained):
-    recipe = fast_recipe(tmp_path, *trained, 0.5, gates={"max_ppl_increase": 0})
+    recipe = fast_recipe(tmp_path, *trained, 0.75, gates={"max_ppl_increase": 0})
     result = sculpt(tmp_path, "run", str(recipe), "--quiet")
     assert result.exit_code == GATE_EXIT, result.output
     assert "FAIL max_ppl_increase failed: perplexity" in result.output and "over by" in result.output
@@ -98,7 +98,7 @@ def test_baseline_with_a_higher_ratio_reports_the_regression(tmp_path, trained):
 
     candidate = tmp_path / "candidate"
     candidate.mkdir()
-    recipe = fast_recipe(candidate, *trained, 0.5, compare_source=False)
+    recipe = fast_recipe(candidate, *trained, 0.75, compare_source=False)
     result = sculpt(tmp_path, "run", str(recipe), "--baseline", str(release / "artifacts"), "--quiet")
     assert result.exit_code == GATE_EXIT, result.output
     assert "FAIL baseline[ppl] failed: perplexity" in result.output and str(baseline) in result.output
@@ -127,7 +127,7 @@ def test_a_missing_baseline_fails_before_any_work(tmp_path, trained):
 def test_list_shows_versions_in_order_with_their_verdicts(tmp_path, trained):
     passing = fast_recipe(tmp_path, *trained, 0.8, gates={"max_ppl_increase": 100000})
     assert sculpt(tmp_path, "run", str(passing), "--quiet").exit_code == 0
-    failing = fast_recipe(tmp_path, *trained, 0.5, gates={"max_ppl_increase": 0})
+    failing = fast_recipe(tmp_path, *trained, 0.75, gates={"max_ppl_increase": 0})
     assert sculpt(tmp_path, "run", str(failing), "--quiet", "--new").exit_code == GATE_EXIT
 
     listing = sculpt(tmp_path, "list", str(tmp_path / "artifacts"))
