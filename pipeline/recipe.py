@@ -91,8 +91,10 @@ class ExportSection(Section):
 class BuildSection(Section):
     target: Literal[TRT_TARGETS] = "trt-10.3"  # TensorRT the kit and the lint aim at
     precision: Literal["fp32", "fp16", "bf16"] = "fp16"  # fp32 graph: a TensorRT 10 builder flag; fp16 graph: as is
-    batch: tuple[int, int, int] = (1, 1, 1)  # min, opt, max sequences per call
-    prompt: tuple[int, int, int] = (1, 128, 512)  # min, opt, max prompt tokens (prefill profile)
+    # the max of batch and prompt cover validate's defaults (decode_batch_sizes [1, 4], seq_len 2048), so validate can
+    # run the engine it builds; the edge recipes narrow them (examples/recipes/jetson-orin.yaml)
+    batch: tuple[int, int, int] = (1, 1, 4)  # min, opt, max sequences per call
+    prompt: tuple[int, int, int] = (1, 128, 2048)  # min, opt, max prompt tokens (prefill profile)
     context: tuple[int, int, int] = (1, 512, 2048)  # min, opt, max cached tokens while decoding (decode profile)
     workspace_mib: int = Field(2048, ge=16)  # builder workspace limit
     timing_cache: str | None = None  # timing cache reused across builds; null = one per GPU and TensorRT version

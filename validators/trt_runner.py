@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporters.onnx_io import INPUT_IDS, IO_FILE, LOGITS, PREFILL, PROFILES, GraphIO
+from exporters.onnx_io import DECODE, INPUT_IDS, IO_FILE, LOGITS, PREFILL, PROFILES, GraphIO
 from pipeline.errors import SculptError
 
 from .graph_runner import GraphRunner
@@ -154,6 +154,27 @@ class TrtRunner(GraphRunner):
         """(min, max) shape of input `name` in the engine's `profile`."""
         low, _, high = self.engine.get_tensor_profile_shape(name, PROFILES.index(profile))
         return tuple(low), tuple(high)
+
+    def workload_problem(self, prompts: dict[str, int], batches: dict[str, int], cached: dict[str, int]) -> str | None:
+        """Why the engine's profiles cannot run a workload, in one line naming the settings (None when they can).
+
+        `prompts`: tokens per prompt, `batches`: sequences per call (each prefilled, then decoded), `cached`:
+        cache slots a decode step reads (dummy slot included), each keyed by the setting that asks for it. A
+        batch larger than the prefill profile's is fine for scoring (`logits` slices it), not for decoding."""
+        prefill_batch, prefill_seq = self.profile_range(PREFILL)[1][:2]
+        decode_batch = self.profile_range(DECODE)[1][0]
+        past = self.profile_range(DECODE, self.io.past_inputs[0])[1][2] if self.io.past_inputs else None
+        problems = [f"{key} {length} > {prefill_seq} prompt tokens (build.prompt)"
+                    for key, length in prompts.items() if length > prefill_seq]
+        problems += [f"{key} {batch} > {min(prefill_batch, decode_batch)} sequences (build.batch)"
+                     for key, batch in batches.items() if batch > min(prefill_batch, decode_batch)]
+        problems += [f"{key}: {slots} > {past} cached tokens (build.context)"
+                     for key, slots in cached.items() if past is not None and slots > past]
+        if not problems:
+            return None
+        return (f"the TensorRT engine's profiles are too small for this validate workload ({'; '.join(problems)}): "
+                "rebuild the engine with a larger build.prompt / build.batch / build.context max, or lower those "
+                "validate settings")
 
     def _outside_profile(self, name: str, shape: tuple[int, ...], profile: str) -> str:
         low, high = self.profile_range(profile, name)

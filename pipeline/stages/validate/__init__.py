@@ -146,6 +146,12 @@ def measure_all(ctx: StageContext) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(files.checkpoint)  # the source's tokenizer, saved by slice
     ids = evaluation_ids(tokenizer, corpus, section.seq_len)
     runners = {name: open_runner(name, files) for name in available}
+    if "tensorrt" in runners and (problem := runners["tensorrt"].workload_problem(**work.engine_needs)):
+        if section.backends != "auto":
+            raise SculptError(problem)
+        del runners["tensorrt"]
+        unavailable["tensorrt"] = f"not available: {problem}"
+        ctx.say(f"  tensorrt: {unavailable['tensorrt']}")
     sculpted = {name: measure_backend(runner, files, ids, work, ctx.say, ctx.progress, SCULPTED)
                 for name, runner in runners.items()}
     for name, runner in runners.items():

@@ -58,6 +58,18 @@ class Workload:
         return {"seq_len": self.seq_len, "max_windows": self.max_windows, "batch_size": self.batch_size}
 
     @property
+    def engine_needs(self) -> dict[str, dict[str, int]]:
+        """What a fixed-shape backend (a TensorRT engine's profiles) must take to run this workload, by the setting
+        that asks for it: prompt tokens, sequences per call, cache slots while decoding (the dummy slot included)."""
+        prompts = {"validate.seq_len": self.seq_len, "validate.prefill_lengths": max(self.prefill_lengths),
+                   "validate.decode_prompt_len": self.decode_prompt_len}
+        cached = {"validate.decode_prompt_len + decode_new_tokens": self.decode_prompt_len + self.decode_new_tokens}
+        if self.memory:
+            cached["validate.prefill_lengths (memory workload)"] = max(self.prefill_lengths) + MEMORY_DECODE_STEPS
+        return {"prompts": prompts, "batches": {"validate.decode_batch_sizes": max(self.decode_batch_sizes)},
+                "cached": cached}
+
+    @property
     def memory_workload(self) -> dict:
         """Prefill the longest prompt at the largest batch, then a few decode steps: the peak of normal use."""
         return {"batch": max(self.decode_batch_sizes), "prompt_len": max(self.prefill_lengths),

@@ -131,6 +131,33 @@ def test_shapes_outside_a_profile_name_the_build_setting_to_widen(runner):
         runner.decode_throughput(batch=BATCH + 1, prompt_len=4, new_tokens=2, warmup=0, repeats=1)
 
 
+def test_a_validate_workload_is_checked_against_the_profiles_before_it_runs(runner):
+    fits = dict(prompts={"validate.seq_len": PROMPT}, batches={"validate.decode_batch_sizes": BATCH},
+                cached={"validate.decode_prompt_len + decode_new_tokens": CONTEXT})
+    assert runner.workload_problem(**fits) is None
+    too_big = dict(prompts={"validate.seq_len": 2048, "validate.prefill_lengths": 16},
+                   batches={"validate.decode_batch_sizes": BATCH + 1},
+                   cached={"validate.decode_prompt_len + decode_new_tokens": CONTEXT + 1})
+    problem = runner.workload_problem(**too_big)
+    assert "validate.seq_len 2048 > 32 prompt tokens (build.prompt)" in problem
+    assert "validate.decode_batch_sizes 5 > 4 sequences (build.batch)" in problem
+    assert f"{CONTEXT + 1} > {CONTEXT} cached tokens (build.context)" in problem
+    assert "prefill_lengths" not in problem  # only what does not fit is named
+
+
+def test_the_default_recipe_validates_within_the_default_engine_profiles():
+    """validate's defaults (seq_len 2048, decode batch 4, memory workload) fit the build defaults' profiles."""
+    from pipeline.recipe import Recipe
+    from pipeline.stages.validate.measure import Workload
+
+    recipe = Recipe()
+    needs = Workload.from_recipe(recipe.validate_, recipe.data.batch_size).engine_needs
+    build = recipe.build
+    assert max(needs["prompts"].values()) <= build.prompt[2]
+    assert max(needs["batches"].values()) <= build.batch[2]
+    assert max(needs["cached"].values()) + 1 <= build.context[2]  # + the dummy slot
+
+
 def test_a_runner_that_picks_the_wrong_profile_fails_here(runner, engine, monkeypatch):
     """The fake is strict enough for a profile mix-up to fail: a prompt is refused by the decode profile."""
     monkeypatch.setattr(trt_runner, "PROFILES", tuple(reversed(PROFILES)))
