@@ -98,8 +98,9 @@ def _runner_class(module: str, cls: str):
 
 
 def _check_onnxruntime(files: ModelFiles) -> None:
-    _require_dir(files.export, "export", "write the ONNX graphs")
+    # the library first: in a base install `sculpt export` cannot run either, so the fix is the install command
     _require_module("onnxruntime", "pip install 'llm-sculpt[onnx]'")
+    _require_dir(files.export, "export", "write the ONNX graphs")
     _runner_class("validators.ort_runner", "OrtRunner")
 
 

@@ -2,8 +2,11 @@
 
 `Runner` is what perplexity needs. `MeasuredRunner` adds what the validate stage times and
 compares: prefill latency, decode throughput and greedy generation. `DecodingRunner` adds the
-logits of each greedy step through the KV cache, which the exporters' parity check compares. The ONNX Runtime runner
-(`validators/ort_runner.py: OrtRunner`) implements the same methods; `validators.backends`
+logits of each greedy step through the KV cache, which the exporters' parity check compares.
+`TorchRunner` (here) runs a PyTorch model; the exported graph runs behind the same methods in
+`validators/graph_runner.py: GraphRunner`, one KV-cache loop with two backends: ONNX Runtime
+(`validators/ort_runner.py: OrtRunner`, the export stage's model.onnx) and TensorRT
+(`validators/trt_runner.py: TrtRunner`, the build stage's model.plan). `validators.backends`
 opens whichever backends an artifact has. This module is the interface between them and
 the code that only needs some runner (compression, the exporters' parity check).
 """

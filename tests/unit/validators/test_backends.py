@@ -28,6 +28,13 @@ def test_a_sliced_artifact_is_measured_with_torch_and_says_why_not_the_others(fi
     assert "sculpt export" in unavailable["onnxruntime"] and "sculpt build" in unavailable["tensorrt"]
 
 
+def test_without_onnxruntime_the_reason_is_the_install_command_not_the_export(files, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as in a base install
+    _, unavailable = resolve_backends("auto", files)
+    assert "pip install 'llm-sculpt[onnx]'" in unavailable["onnxruntime"]
+    assert "sculpt export" not in unavailable["onnxruntime"]  # it could not run there either
+
+
 def test_an_explicit_backend_that_cannot_run_is_an_error_naming_it(files):
     with pytest.raises(SculptError, match="onnxruntime.*backends: auto"):
         resolve_backends(["torch", "onnxruntime"], files)
