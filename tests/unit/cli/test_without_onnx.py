@@ -59,6 +59,7 @@ def test_run_skips_export_and_build_naming_the_install_and_validates_on_torch(wi
     report = json.loads((version / "validate" / "report.json").read_text())
     assert report["backends"]["torch"] == "measured"
     assert "onnxruntime" not in report["sculpted"]["by_backend"]
+    assert INSTALL in report["backends"]["onnxruntime"] and "sculpt export" not in report["backends"]["onnxruntime"]
     assert sculpt("verify", str(version)).exit_code == 0
     assert "skipped" in sculpt("inspect", str(version)).output
 

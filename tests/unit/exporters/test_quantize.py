@@ -29,7 +29,7 @@ from validators.ort_runner import OrtRunner
 
 def spec(bits=4, block_size=16, **overrides):
     values = dict(bits=bits, block_size=block_size, symmetric=False, algorithm="default", accuracy_level=4,
-                  lm_head=True)
+                  lm_head="same")
     return WeightQuantization(**{**values, **overrides})
 
 
@@ -68,9 +68,19 @@ def test_int8_is_closer_to_the_fp32_graph_than_int4(exported_tiny, tmp_path, pro
     assert 0 < errors[8] < errors[4] / 4
 
 
-def test_lm_head_false_keeps_the_output_projection_in_fp32(exported_tiny, tmp_path):
-    result, _ = quantized_copy(exported_tiny, tmp_path / "head", spec(lm_head=False))
-    graph = onnx.load(str(tmp_path / "head" / "model.onnx"))
+def attribute(node, name):
+    return next(a.i for a in node.attribute if a.name == name)
+
+
+def test_the_output_projection_is_int8_by_default_fp32_or_the_same_bits_when_asked(exported_tiny, tmp_path):
+    for head, bits in (("int8", 8), ("same", 4)):
+        result, _ = quantized_copy(exported_tiny, tmp_path / head, spec(lm_head=head))
+        graph = onnx.load(str(tmp_path / head / "model.onnx")).graph
+        projection = output_projection(graph)
+        others = {attribute(n, "bits") for n in graph.node if n.op_type == QUANTIZED_OP and n is not projection}
+        assert attribute(projection, "bits") == bits and others == {4} and result.as_dict()["lm_head_bits"] == bits
+    result, _ = quantized_copy(exported_tiny, tmp_path / "fp32", spec(lm_head="fp32"))
+    graph = onnx.load(str(tmp_path / "fp32" / "model.onnx"))
     assert result.kept == [output_projection(graph.graph).name]
     assert output_projection(graph.graph).op_type == "MatMul"
 
@@ -112,15 +122,16 @@ def test_bad_settings_are_one_line_errors():
         spec(bits=8, algorithm="hqq")
     with pytest.raises(SculptError, match="int4 or int8"):
         spec(bits=3)
+    with pytest.raises(SculptError, match="lm_head"):
+        spec(lm_head="int2")
 
 
-def test_auto_picks_hqq_for_asymmetric_int4_and_min_max_otherwise():
+def test_the_recipe_defaults_give_min_max_int4_with_an_int8_head():
     from pipeline.recipe import QuantizationSection
 
-    assert WeightQuantization.from_section("int4", QuantizationSection()).algorithm == "hqq"
-    assert WeightQuantization.from_section("int8", QuantizationSection()).algorithm == "default"
-    assert WeightQuantization.from_section("int4", QuantizationSection(symmetric=True)).algorithm == "default"
-    assert WeightQuantization.from_section("int4", QuantizationSection(algorithm="default")).algorithm == "default"
+    made = WeightQuantization.from_section("int4", QuantizationSection())
+    assert (made.bits, made.block_size, made.algorithm, made.accuracy_level, made.head_bits) == (4, 32, "default", 4, 8)
+    assert WeightQuantization.from_section("int8", QuantizationSection()).head_bits == 8
 
 
 def test_hqq_quantizes_with_the_accuracy_level_asked_for(exported_tiny, tmp_path, prompt):

@@ -43,7 +43,7 @@ def int4_run(tmp_path_factory):
         "preset": "fast", "model": {"source": str(trained_checkpoint(root / "model"))},
         "data": {"calibration": str(corpus), "evaluation": str(corpus), "calib_samples": 4, "calib_seqlen": 32},
         "search": {"ratio": 0.9},
-        "export": {"precision": "int4", "quantization": {"block_size": 64, "algorithm": "default"}},
+        "export": {"precision": "int4", "quantization": {"block_size": 64}},
         "validate": {"seq_len": 64, "max_windows": 2, "prefill_lengths": [16], "decode_batch_sizes": [1],
                      "decode_prompt_len": 8, "decode_new_tokens": 4, "warmup": 0, "repeats": 1, "memory": False,
                      "parity_new_tokens": 8},
@@ -61,7 +61,7 @@ def test_the_export_records_the_quantization_and_keeps_the_checked_fp32_parity(i
     quantization = export["quantization"]
     assert export["precision"] == "int4" and export["parity"]["passed"] is True  # the fp32 graph, before quantizing
     assert {key: quantization[key] for key in ("bits", "block_size", "algorithm", "lm_head")} == {
-        "bits": 4, "block_size": 64, "algorithm": "default", "lm_head": True}
+        "bits": 4, "block_size": 64, "algorithm": "default", "lm_head": "int8"}
     assert quantization["matmuls_quantized"] > 0 and quantization["matmuls_kept_fp32"] == []
     assert export["onnx_bytes"] == quantization["onnx_bytes_after"] < quantization["onnx_bytes_before"]
     assert json.loads((version / "export" / "io.json").read_text())["quantized"] == "int4"
