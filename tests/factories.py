@@ -7,7 +7,22 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+from pipeline.models.families import SUPPORTED_FAMILIES
+
+FAMILIES = SUPPORTED_FAMILIES
+SLIDING_WINDOW = 6  # tokens: tests feed longer sequences, so sliding layers really drop keys
+
+# Per family: what a tiny config sets beyond the shared shape. Families with sliding-window layers get a short
+# window (gemma: mixed sliding/full layers, as the real checkpoints; mistral, phi3: every layer slides).
+_FAMILY_OVERRIDES = {
+    "mistral": dict(sliding_window=SLIDING_WINDOW),
+    "phi3": dict(sliding_window=SLIDING_WINDOW),
+    "gemma2": dict(sliding_window=SLIDING_WINDOW),
+    "gemma3_text": dict(sliding_window=SLIDING_WINDOW),
+}
+# The layer-kind pattern of mixed families, repeated over however many layers a test asks for.
+_LAYER_PATTERNS = {"gemma2": ("sliding_attention", "full_attention"),
+                   "gemma3_text": ("sliding_attention", "sliding_attention", "full_attention")}
 
 
 def tiny_config(model_type: str = "llama", **overrides):
@@ -28,7 +43,11 @@ def tiny_config(model_type: str = "llama", **overrides):
         eos_token_id=2,
         pad_token_id=0,
     )
+    values.update(_FAMILY_OVERRIDES.get(model_type, {}))
     values.update(overrides)
+    if model_type in _LAYER_PATTERNS and "layer_types" not in overrides:
+        pattern = _LAYER_PATTERNS[model_type]
+        values["layer_types"] = [pattern[i % len(pattern)] for i in range(values["num_hidden_layers"])]
     return AutoConfig.for_model(model_type, **values)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-SUPPORTED_BASE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from .families import FULL, SLIDING, SUPPORTED_FAMILIES, attention_kinds, sliding_window
 
 
 class SculptedConfig(PretrainedConfig):
@@ -21,6 +21,9 @@ class SculptedConfig(PretrainedConfig):
 
     Only layers that keep attention hold a KV cache; they are numbered 0..A-1 in the
     cache (`attention_index`), so cache entry i is always a real attention layer.
+    `layer_types` follows the cache: the attention kind (full or sliding window) of each
+    cache entry, each the kind of its source layer, so transformers' DynamicCache gives
+    sliding layers a sliding cache and the masks are made per kind.
     """
 
     model_type = "sculpted"
@@ -33,8 +36,8 @@ class SculptedConfig(PretrainedConfig):
         sculpt_layers: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
-        if base_model_type not in SUPPORTED_BASE_TYPES:
-            raise ValueError(f"base_model_type {base_model_type!r} is not one of {SUPPORTED_BASE_TYPES}")
+        if base_model_type not in SUPPORTED_FAMILIES:
+            raise ValueError(f"base_model_type {base_model_type!r} is not one of {SUPPORTED_FAMILIES}")
         self.base_model_type = base_model_type
         self.base_config = {k: v for k, v in (base_config or {}).items() if k not in _NOT_FAMILY_KEYS}
         self.sculpt_layers = [dict(layer) for layer in (sculpt_layers or [])]
@@ -46,19 +49,37 @@ class SculptedConfig(PretrainedConfig):
         # Widest layer: only for tools that size buffers from the top-level config.
         derived["num_attention_heads"] = max((layer["num_heads"] for layer in kept), default=family.num_attention_heads)
         derived["num_key_value_heads"] = max((layer["num_kv_heads"] for layer in kept), default=family.num_key_value_heads)
-        types = {self._source_attention_type(layer["source"]) for layer in kept}
-        if len(types) > 1:
-            raise ValueError("layers mixing sliding-window and full attention are not supported by sculpted models")
-        derived["sliding_window"] = family_sliding_window(family) if types == {"sliding_attention"} else None
+        derived["layer_types"] = [self._source_attention_type(layer["source"]) for layer in kept]
+        derived["sliding_window"] = sliding_window(family) if SLIDING in derived["layer_types"] else None
         super().__init__(**{k: v for k, v in kwargs.items() if k not in derived})
         # Set after the base init, which routes some of these keys (e.g. use_cache) elsewhere.
         for key, value in derived.items():
             setattr(self, key, value)
 
+    def validate(self) -> None:
+        """transformers' config checks, each resolved on this class (so validate_layer_type is the one below)."""
+        for validator in getattr(PretrainedConfig, "__class_validators__", ()):
+            getattr(self, validator.__name__)()
+
+    def validate_layer_type(self) -> None:
+        """`layer_types` has one kind per KV-cache entry (layer that keeps attention), not one per layer."""
+        kinds = getattr(self, "layer_types", None)
+        if kinds is None or not hasattr(self, "sculpt_layers"):
+            return
+        if len(kinds) != len(self.attention_layers) or not set(kinds) <= {FULL, SLIDING}:
+            raise ValueError(f"layer_types {kinds} must give {FULL!r} or {SLIDING!r} for each of the "
+                             f"{len(self.attention_layers)} layers that keep attention")
+
     @property
     def attention_layers(self) -> list[int]:
         """Positions of the layers that keep attention (and a KV cache), in order."""
         return [i for i, layer in enumerate(self.sculpt_layers) if layer.get("attention", "keep") == "keep"]
+
+    @property
+    def position_kinds(self) -> list[str]:
+        """The attention kind of the layer at each position (FULL where a layer keeps no attention)."""
+        return [self._source_attention_type(layer["source"]) if layer.get("attention", "keep") == "keep" else FULL
+                for layer in self.sculpt_layers]
 
     def attention_index(self, position: int) -> int:
         """The KV-cache index of the attention in layer `position`."""
@@ -80,11 +101,9 @@ class SculptedConfig(PretrainedConfig):
             overrides["num_key_value_heads"] = layer["num_kv_heads"]
         if layer.get("mlp", "keep") == "keep":
             overrides["intermediate_size"] = layer["intermediate_size"]
-        if self.base_config.get("layer_types"):
-            count = max(1, len(self.attention_layers))
-            overrides["num_hidden_layers"] = count
-            overrides["layer_types"] = [self._source_attention_type(self.sculpt_layers[i]["source"])
-                                        for i in self.attention_layers] or ["full_attention"]
+        if self.base_config.get("layer_types"):  # family attention modules read their kind by cache index
+            overrides["num_hidden_layers"] = max(1, len(self.attention_layers))
+            overrides["layer_types"] = list(self.layer_types) or [FULL]
         # Built with the source's shape, then reshaped: family validators reject e.g. hidden % heads != 0,
         # which a per-layer head count need not satisfy (head_dim is explicit).
         family = self.family_config()
@@ -93,17 +112,7 @@ class SculptedConfig(PretrainedConfig):
         return family
 
     def _source_attention_type(self, source: int) -> str:
-        family_types = self.base_config.get("layer_types")
-        if family_types:
-            return family_types[source]
-        return "sliding_attention" if family_sliding_window(self.base_config) else "full_attention"
-
-
-def family_sliding_window(config: Any) -> int | None:
-    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
-    if get("use_sliding_window", True) is False:
-        return None
-    return get("sliding_window", None)
+        return attention_kinds(self.base_config)[source]
 
 
 # Keys a family config carries that do not describe the family's architecture.

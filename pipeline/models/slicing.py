@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import SculptError
-from .adapters import FamilyAdapter, adapter_for
+from .adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter, adapter_for
 from .configuration_sculpted import SculptedConfig
 from .modeling_sculpted import SculptedDecoderLayer, SculptedForCausalLM
 from .spec import ArchSpec, LayerSpec
@@ -51,7 +51,7 @@ def slice_model(source: nn.Module, spec: ArchSpec) -> SculptedForCausalLM:
         state["lm_head.weight"] = adapter.lm_head(source).weight
     source_layers = adapter.layers(source)
     for pos, layer in enumerate(spec.layers):
-        prefix = f"model.layers.{pos}."
+        prefix = f"{adapter.layer_prefix(pos)}."
         for name, tensor in _layer_state(adapter, source_layers[layer.source], layer, spec).items():
             state[prefix + name] = tensor
     missing, unexpected = target.load_state_dict(state, strict=False)
@@ -79,50 +79,66 @@ def slice_layer(source: nn.Module, spec: ArchSpec, position: int, config: Sculpt
 
 
 def _layer_state(adapter: FamilyAdapter, src: nn.Module, layer: LayerSpec, spec: ArchSpec) -> dict[str, torch.Tensor]:
-    """The sliced tensors of one layer, named as in SculptedDecoderLayer.
+    """The sliced tensors of one layer, named as in SculptedDecoderLayer (the family's own names).
 
+    A fused projection (phi3's qkv_proj, gate_up_proj) is sliced part by part through views of its
+    weight and stays fused: the kept rows of each part, stacked in the family's order.
     A linear replacement and an output bias the source lacks start at zero: they add
     nothing until a method or the reform stage fits them.
     """
+    family = adapter.family
     hd, hidden = spec.base.head_dim, spec.base.hidden_size
     dtype = adapter.attention_norm(src).weight.dtype
+    pre_attention, post_attention, pre_mlp, post_mlp = family.norms
+    attention, mlp = family.attention, family.mlp
     state: dict[str, torch.Tensor] = {}
     if layer.attention != "skip":
-        state["input_layernorm.weight"] = adapter.attention_norm(src).weight
+        state[f"{pre_attention}.weight"] = adapter.attention_norm(src).weight
     if layer.attention == "linear":
-        state["self_attn.proj.weight"] = torch.zeros(hidden, hidden, dtype=dtype)
+        state[f"{attention}.proj.weight"] = torch.zeros(hidden, hidden, dtype=dtype)
     if layer.attention == "keep":
         q, k, v, o = adapter.attention_linears(src)
         q_rows, kv_rows = head_rows(layer.q_heads, hd), head_rows(layer.kv_heads, hd)
-        for name, linear, rows in (("q_proj", q, q_rows), ("k_proj", k, kv_rows), ("v_proj", v, kv_rows)):
-            state[f"self_attn.{name}.weight"] = linear.weight[rows]
-            if linear.bias is not None:
-                state[f"self_attn.{name}.bias"] = linear.bias[rows]
-        state["self_attn.o_proj.weight"] = o.weight[:, q_rows]
+        _put_rows(state, f"{attention}.", family.qkv, ((q, q_rows), (k, kv_rows), (v, kv_rows)))
+        state[f"{attention}.{family.o}.weight"] = o.weight[:, q_rows]
         if o.bias is not None:
-            state["self_attn.o_proj.bias"] = o.bias
+            state[f"{attention}.{family.o}.bias"] = o.bias
         elif layer.attention_out_bias:
-            state["self_attn.o_proj.bias"] = torch.zeros(hidden, dtype=dtype)
+            state[f"{attention}.{family.o}.bias"] = torch.zeros(hidden, dtype=dtype)
         norms = adapter.qk_norms(src)
         if norms is not None:
-            state["self_attn.q_norm.weight"], state["self_attn.k_norm.weight"] = norms[0].weight, norms[1].weight
+            for name, norm in zip(family.qk_norms, norms):
+                state[f"{attention}.{name}.weight"] = norm.weight
+        if post_attention:
+            state[f"{post_attention}.weight"] = adapter.post_norm(src, ATTENTION_OUTPUT).weight
     if layer.mlp != "skip":
-        state["post_attention_layernorm.weight"] = adapter.mlp_norm(src).weight
+        state[f"{pre_mlp}.weight"] = adapter.mlp_norm(src).weight
     if layer.mlp == "linear":
-        state["mlp.proj.weight"] = torch.zeros(hidden, hidden, dtype=dtype)
+        state[f"{mlp}.proj.weight"] = torch.zeros(hidden, hidden, dtype=dtype)
     if layer.mlp == "keep":
         gate, up, down = adapter.mlp_linears(src)
         channels = torch.tensor(layer.mlp_channels, dtype=torch.long)
-        for name, linear in (("gate_proj", gate), ("up_proj", up)):
-            state[f"mlp.{name}.weight"] = linear.weight[channels]
-            if linear.bias is not None:
-                state[f"mlp.{name}.bias"] = linear.bias[channels]
-        state["mlp.down_proj.weight"] = down.weight[:, channels]
+        _put_rows(state, f"{mlp}.", family.gate_up, ((gate, channels), (up, channels)))
+        state[f"{mlp}.{family.down}.weight"] = down.weight[:, channels]
         if down.bias is not None:
-            state["mlp.down_proj.bias"] = down.bias
+            state[f"{mlp}.{family.down}.bias"] = down.bias
         elif layer.mlp_out_bias:
-            state["mlp.down_proj.bias"] = torch.zeros(hidden, dtype=dtype)
+            state[f"{mlp}.{family.down}.bias"] = torch.zeros(hidden, dtype=dtype)
+        if post_mlp:
+            state[f"{post_mlp}.weight"] = adapter.post_norm(src, MLP_OUTPUT).weight
     return {name: tensor.detach().clone() for name, tensor in state.items()}
+
+
+def _put_rows(state: dict[str, torch.Tensor], prefix: str, names: tuple[str, ...], parts) -> None:
+    """The kept rows of each (linear, rows) part, under its own name, or stacked under one fused name."""
+    weights = [linear.weight[rows] for linear, rows in parts]
+    biases = [linear.bias[rows] if linear.bias is not None else None for linear, rows in parts]
+    if len(names) == 1:  # fused: one tensor, parts stacked in order
+        weights, biases = [torch.cat(weights)], [None if any(b is None for b in biases) else torch.cat(biases)]
+    for name, weight, bias in zip(names, weights, biases, strict=True):
+        state[f"{prefix}{name}.weight"] = weight
+        if bias is not None:
+            state[f"{prefix}{name}.bias"] = bias
 
 
 @torch.no_grad()

@@ -37,7 +37,8 @@ class BaseDims:
     qkv_bias: bool = False  # q/k/v projections carry a bias (qwen2; llama with attention_bias)
     o_bias: bool = False  # o_proj carries a bias (llama with attention_bias)
     mlp_bias: bool = False  # gate/up/down carry biases (llama with mlp_bias)
-    qk_norm: bool = False  # qwen3: per-head RMSNorm on queries and keys
+    qk_norm: bool = False  # qwen3, gemma3: per-head RMSNorm on queries and keys
+    post_norms: bool = False  # gemma: each kept sublayer also normalises its output (four norms per layer)
 
     @property
     def group_size(self) -> int:
@@ -259,6 +260,8 @@ def attention_parameters(base: BaseDims, num_heads: int, num_kv_heads: int, out_
     d, hd = base.hidden_size, base.head_dim
     q, kv = num_heads * hd, num_kv_heads * hd
     count = d * q + 2 * d * kv + q * d + d  # q, k, v, o and the input RMSNorm
+    if base.post_norms:
+        count += d  # the post-attention norm
     if base.qkv_bias:
         count += q + 2 * kv
     if base.qk_norm:
@@ -268,14 +271,16 @@ def attention_parameters(base: BaseDims, num_heads: int, num_kv_heads: int, out_
 
 def mlp_parameters(base: BaseDims, width: int, out_bias: bool = False) -> int:
     d = base.hidden_size
-    count = 3 * d * width + d  # gate, up, down and the post-attention RMSNorm
+    count = 3 * d * width + d  # gate, up, down and the MLP's pre-norm
+    if base.post_norms:
+        count += d  # the post-MLP norm
     if base.mlp_bias:
         count += 2 * width
     return count + (d if base.mlp_bias or out_bias else 0)
 
 
 def linear_sublayer_parameters(base: BaseDims) -> int:
-    return base.hidden_size * base.hidden_size + base.hidden_size  # projection and its pre-norm
+    return base.hidden_size * base.hidden_size + base.hidden_size  # projection and its pre-norm (no post-norm)
 
 
 def layer_parameters(base: BaseDims, layer: LayerSpec) -> int:

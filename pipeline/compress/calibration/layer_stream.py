@@ -13,30 +13,53 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from pipeline.models.adapters import FamilyAdapter
+from pipeline.models.families import FULL, SLIDING
+
+_MASKS = {FULL: create_causal_mask, SLIDING: create_sliding_window_causal_mask}
 
 
 class LayerStream:
-    """The residual stream of every calibration window, advanced layer by layer."""
+    """The residual stream of every calibration window, advanced layer by layer.
+
+    Each layer attends with its own kind's mask and RoPE table (full or sliding window: the adapter
+    says which kind each layer of `model` is; a layer sliced on its own carries `attention_kind`)."""
 
     def __init__(self, model: nn.Module, adapter: FamilyAdapter, windows: torch.Tensor, batch_size: int = 1) -> None:
         self.model = model
         self.adapter = adapter
         device = adapter.embed_tokens(model).weight.device
+        kinds = adapter.layer_kinds(model)
+        self._kinds = {id(layer): kind for layer, kind in zip(adapter.layers(model), kinds)}
+        self._only_kind = kinds[0] if len(set(kinds)) == 1 else None
         with torch.no_grad():
-            self.hidden = [adapter.embed_tokens(model)(chunk.to(device)) for chunk in windows.split(batch_size)]
+            self.hidden = [adapter.embed(model, chunk.to(device)) for chunk in windows.split(batch_size)]
             first = self.hidden[0][:1]  # batch 1: the mask and rotary tables broadcast over any batch
             positions = torch.arange(first.shape[1], device=device).unsqueeze(0)
-            self.position_embeddings = model.model.rotary_emb(first, position_ids=positions)
-            self.mask = create_causal_mask(
-                config=model.config,
-                inputs_embeds=first,
-                attention_mask=None,
-                past_key_values=None,
-                position_ids=positions,
-            )
+            self.position_tables = adapter.position_embeddings(model, first, positions)
+            self.masks = {kind: _MASKS[kind](config=model.config, inputs_embeds=first, attention_mask=None,
+                                             past_key_values=None, position_ids=positions)
+                          for kind in sorted(set(kinds))}
+
+    def kind(self, layer: nn.Module) -> str:
+        """The attention kind of `layer`: one of the model's own layers, or a copy or slice of one, which
+        carries its kind (a sculpted layer's `attention_kind`, a family attention's `layer_type`)."""
+        kind = getattr(layer, "attention_kind", None) or self._kinds.get(id(layer))
+        if kind is None:
+            kind = getattr(getattr(layer, self.adapter.family.attention, None), "layer_type", None)
+        if kind not in self.masks:
+            kind = self._only_kind
+        if kind is None:
+            raise ValueError("this layer is not one of the stream's model and does not say its attention kind")
+        return kind
+
+    def mask(self, layer: nn.Module) -> torch.Tensor | None:
+        return self.masks.get(self.kind(layer))
+
+    def position_embeddings(self, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.position_tables[self.kind(layer)]
 
     @property
     def tokens(self) -> int:
@@ -51,7 +74,8 @@ class LayerStream:
         self.hidden = outputs
 
     def _call(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        out = layer(hidden, attention_mask=self.mask, position_embeddings=self.position_embeddings, past_key_values=None)
+        out = layer(hidden, attention_mask=self.mask(layer), position_embeddings=self.position_embeddings(layer),
+                    past_key_values=None)
         return out[0] if isinstance(out, tuple) else out
 
 

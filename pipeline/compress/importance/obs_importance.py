@@ -90,7 +90,9 @@ def layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, batch
     for index, layer in enumerate(tqdm(adapter.layers(model), desc="importance", unit="layer", disable=not progress)):
         q, k, v, o = adapter.attention_linears(layer)
         gate, up, down = adapter.mlp_linears(layer)
-        with gram_of_inputs({"attention_input": q, ATTENTION_OUTPUT: o, "mlp_input": gate, MLP_OUTPUT: down}) as grams:
+        inputs = {"attention_input": adapter.attention_input(layer), ATTENTION_OUTPUT: o,
+                  "mlp_input": adapter.mlp_input(layer), MLP_OUTPUT: down}
+        with gram_of_inputs(inputs) as grams:
             outputs = stream.run(layer)
         inv = {name: inverse_hessian_diag(acc.mean()) for name, acc in grams.items()}
         q_heads, kv_groups = attention_scores(

@@ -221,10 +221,17 @@ class _SequentialLayer:
         norm = (self.adapter.attention_norm if attention else self.adapter.mlp_norm)(self.layer)
         sublayer = (self.adapter.attention if attention else self.adapter.mlp)(layer)
         if attention and mode == "keep":
-            out = sublayer(hidden_states=norm(hidden), attention_mask=self.stream.mask,
-                           position_embeddings=self.stream.position_embeddings)
-            return out[0] if isinstance(out, tuple) else out
-        return sublayer(norm(hidden))
+            out = sublayer(hidden_states=norm(hidden), attention_mask=self.stream.mask(self.layer),
+                           position_embeddings=self.stream.position_embeddings(self.layer))
+            out = out[0] if isinstance(out, tuple) else out
+        else:
+            out = sublayer(norm(hidden))
+        return self._post_norm(layer, module, out) if mode == "keep" else out
+
+    def _post_norm(self, layer: nn.Module, module: str, out: torch.Tensor) -> torch.Tensor:
+        """The sublayer's output as the residual stream gets it: through its post-norm, where the family has one."""
+        norm = self.adapter.post_norm(layer, module)
+        return out if norm is None else norm(out)
 
     def collect(self, module: str, kept: torch.Tensor | None) -> GramAccumulator | None:
         if kept is None:
@@ -243,7 +250,8 @@ class _SequentialLayer:
         hidden = self.stream.hidden
         for i, h in enumerate(hidden):
             if self.kept_inputs is not None:  # the corrected projection on the stored kept inputs
-                out = self.adapter.output_projection(self.layer, module)(self.kept_inputs[i])
+                out = self._post_norm(self.layer, module,
+                                      self.adapter.output_projection(self.layer, module)(self.kept_inputs[i]))
                 self.kept_inputs[i] = None  # free as we go
             else:
                 out = self._run(self.layer, module, h)
