@@ -43,8 +43,8 @@ class SearchSection(Section):
     ratio: float = Field(0.8, gt=0, le=1)  # fraction of decoder-layer parameters kept
     options: dict[str, Any] = Field(default_factory=dict)  # method-specific, validated by the method
     # where a search scores its candidates (method evolution; docs/scale.md): local = here, one after another;
-    # ray = a pool of Ray actors, each holding the model once (the ray extra): $RAY_ADDRESS's cluster, the one
-    # `ray start` made on this machine, else a local instance. The same result either way.
+    # ray = a pool of Ray actors, each holding the model once (the ray extra): $RAY_ADDRESS's cluster (auto: the
+    # one `ray start` made on this machine), else a local instance of its own. The same result either way.
     executor: Literal["local", "ray"] = "local"
     actors: int | None = Field(None, ge=1)  # ray: actors; null = one per GPU (cuda), else per cpus_per_actor CPUs
     cpus_per_actor: int = Field(1, ge=1)  # ray: CPU cores (torch threads) each actor reserves

@@ -6,8 +6,8 @@ once and fetched by every actor) and scores what it is sent with the code the lo
 candidate of a batch to whichever actor is free and puts each score back at its candidate's place, so the
 search sees its batch's order, never the order the actors finish in: the result is the local executor's.
 
-The cluster: `$RAY_ADDRESS`, else the cluster `ray start` made on this machine, else a local instance started
-here with as many CPUs as the pool reserves. What this starts it stops: the actors always, the connection to
+The cluster: the one at `$RAY_ADDRESS` (`auto`: the one `ray start` made on this machine), else a local instance
+started here with as many CPUs as the pool reserves. What this starts it stops: the actors always, the connection to
 Ray (and so a local instance) only when this opened it.
 """
 
@@ -66,6 +66,12 @@ class ScoringActor:
     def ready(self) -> bool:
         return True
 
+    def peak_rss(self) -> int:
+        """This actor's peak resident memory in bytes (Linux reports kilobytes)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
     def score(self, spec: ArchSpec) -> CandidateScore:
         return self.local.score_batch([spec])[0]
 
@@ -96,16 +102,18 @@ class RayExecutor:
             raise
 
     def _connect(self) -> None:
-        """An existing cluster ($RAY_ADDRESS, or `ray start` on this machine), else a local instance."""
-        try:
-            self.ray.init(address="auto", log_to_driver=False)
+        """The cluster at $RAY_ADDRESS (`auto`: the one `ray start` made on this machine), else a new local
+        instance of this run's own: never another run's private instance."""
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            try:
+                self.ray.init(address=address, log_to_driver=False)
+            except ConnectionError:
+                raise SculptError(f"no Ray cluster answers at RAY_ADDRESS={address}: start it (`ray start --head`) "
+                                  "or unset RAY_ADDRESS to start a local instance") from None
             return
-        except ConnectionError:
-            if os.environ.get("RAY_ADDRESS"):
-                raise SculptError(f"no Ray cluster answers at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: start it "
-                                  "(`ray start --head`) or unset RAY_ADDRESS to start a local instance") from None
         cpus = (self.shape.actors or 0) * self.shape.cpus_per_actor or os.cpu_count() or 1
-        self.ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        self.ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         self.started_local = True
 
     def _pool_size(self) -> int:
@@ -160,8 +168,10 @@ class RayExecutor:
 
     def describe(self) -> dict:
         cluster = "local instance" if self.started_local else "existing cluster"
+        peak = max(self.ray.get([actor.peak_rss.remote() for actor in self.actors]), default=0)
         return {"executor": "ray", "actors": len(self.actors), "cpus_per_actor": self.shape.cpus_per_actor,
-                "gpus_per_actor": self.shape.gpus_per_actor, "cluster": cluster, "ray": self.ray.__version__}
+                "gpus_per_actor": self.shape.gpus_per_actor, "cluster": cluster, "ray": self.ray.__version__,
+                "peak_rss_per_actor_mib": round(peak / 2**20, 1)}
 
     def close(self) -> None:
         for actor in self.actors:
