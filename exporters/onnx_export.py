@@ -26,7 +26,11 @@ from .onnx_io import ATTENTION_MASK, BATCH, INPUT_IDS, PAST, POSITION_IDS, SEQ, 
 
 
 class FlatCacheLM(nn.Module):
-    """The model with flat tensor I/O: (ids, mask, positions, *past) -> (logits, *present)."""
+    """The model with flat tensor I/O: (ids, mask, positions, *past) -> (logits, *present).
+
+    Every cache entry is full length, sliding-window layers included: the graph has one past/present
+    length for all entries, and a sliding layer's window is applied by its mask (the model makes one
+    mask per attention kind), so it computes what the source does while its cache holds every token."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -34,7 +38,7 @@ class FlatCacheLM(nn.Module):
         self.entries = len(model.config.attention_layers)
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache()  # full-length entries (see the class docstring), not the config's sliding ones
         for index in range(self.entries):
             cache.update(past[2 * index], past[2 * index + 1], index)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -128,7 +132,6 @@ def export_model(model: nn.Module, directory: str | Path, precision: str = "fp32
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     work = export_copy(as_sculpted(model), PRECISIONS[precision])
-    _check_exportable(work.config)
     io = GraphIO.from_config(work.config, str(PRECISIONS[precision]).removeprefix("torch."), opset)
     program = trace_to_onnx(work, io)
     path = directory / MODEL_FILE
@@ -161,11 +164,3 @@ def _strip_trace_metadata(graph: onnx.ModelProto) -> None:
     """Drop the exporter's per-node stack traces: they bloat the file and carry this machine's paths."""
     for node in graph.graph.node:
         del node.metadata_props[:]
-
-
-def _check_exportable(config) -> None:
-    window = getattr(config, "sliding_window", None)
-    limit = getattr(config, "max_position_embeddings", None)
-    if window is not None and limit is not None and window < limit:
-        raise SculptError(f"the model attends through a sliding window of {window} tokens, which the ONNX export does "
-                          "not implement: export a model with full attention (use_sliding_window: false)")

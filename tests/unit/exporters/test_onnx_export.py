@@ -151,12 +151,6 @@ def test_parity_failure_is_reported_with_the_numbers(sculpted_tiny, exported_tin
         report.require()
 
 
-def test_sliding_window_models_are_refused(tmp_path):
-    model = tiny_model("mistral", num_hidden_layers=1, sliding_window=16)
-    with pytest.raises(SculptError, match="sliding window"):
-        export_model(model, tmp_path)
-
-
 def test_ort_runner_latency_reports_timings(exported_tiny):
     runner = OrtRunner.from_export_dir(exported_tiny.directory)
     prefill = runner.prefill_latency(16, batch=2, warmup=1, repeats=3)
