@@ -120,12 +120,14 @@ def _dequantised_copy(gguf: Path, sha256: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .adapters import adapter_for
+    from .families import SUPPORTED_FAMILIES
 
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, OSError, KeyError) as err:
-        raise SculptError(f"cannot load {gguf} as a GGUF model ({err}); pass a GGUF of a llama/mistral/qwen2/qwen3 model") from None
+        raise SculptError(f"cannot load {gguf} as a GGUF model ({err}); pass a GGUF of a {'/'.join(SUPPORTED_FAMILIES)} "
+                          "model (transformers' GGUF loader reads each)") from None
     adapter_for(model.config)
     # The weights are dequantised now: save them as a plain float checkpoint.
     model.hf_quantizer = None
