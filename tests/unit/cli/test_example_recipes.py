@@ -48,3 +48,15 @@ def test_the_recipe_reference_documents_every_key():
     missing = [key for key in keys(Recipe) if f"`{key}`" not in reference and f"`{key.rsplit('.', 1)[-1]}`" not in reference
                and not key.startswith(("export.", "build."))]  # documented in docs/export.md
     assert not missing
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_EXPORT))
+def test_gpu_examples_validate_within_the_profiles_of_the_engine_they_build(name):
+    """validate runs TensorRT only on a workload its engine's profiles take (TrtRunner.workload_problem)."""
+    from pipeline.stages.validate.measure import Workload
+
+    recipe = load_recipe(EXAMPLES / name)
+    needs = Workload.from_recipe(recipe.validate_, recipe.data.batch_size).engine_needs
+    assert max(needs["prompts"].values()) <= recipe.build.prompt[2]
+    assert max(needs["batches"].values()) <= recipe.build.batch[2]
+    assert max(needs["cached"].values()) + 1 <= recipe.build.context[2]  # + the masked dummy slot
