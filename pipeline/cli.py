@@ -52,8 +52,8 @@ RECIPE_FLAGS = [
     ("--max-windows", "validate.max_windows", int, "Cap on evaluation windows (0 = the whole split)."),
     ("--seed", "seed", int, "Seed for calibration sampling and search."),
     ("--export-precision", "export.precision", click.Choice(["fp32", "fp16", "int8", "int4"]),
-     "ONNX precision: fp16 keeps norms and softmax in fp32; int4/int8 quantize the weights of every MatMul for "
-     "ONNX Runtime (block-wise, fp32 activations; not buildable for TensorRT)."),
+     "ONNX precision: fp16 keeps norms and softmax in fp32; int4/int8 quantize the MatMul weights for ONNX "
+     "Runtime (block-wise, the output projection in int8, fp32 activations; not buildable for TensorRT)."),
     ("--quant-block-size", "export.quantization.block_size", int, "Weights per quantization scale for int4/int8 "
                                                                   "(a power of two: 32, 64, 128)."),
     ("--opset", "export.opset", int, "ONNX opset (18 for TensorRT 10.3 / JetPack 6)."),
