@@ -1,8 +1,9 @@
 """Configuration of a sculpted model: a family config plus one entry per remaining layer.
 
-This file and modeling_sculpted.py are copied into every saved model directory
-(`auto_map`), so they import nothing from llm-sculpt: `trust_remote_code=True`
-loads a sculpted model where llm-sculpt is not installed.
+This file, modeling_sculpted.py and the family table they import (families.py) are copied
+into every saved model directory (`auto_map` and its relative imports), so they import
+nothing else from llm-sculpt: `trust_remote_code=True` loads a sculpted model where
+llm-sculpt is not installed.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """A decoder LM whose layers may differ: per-layer head counts and MLP widths,
 sublayers skipped or replaced by one linear map, layers removed.
 
-It reuses the source family's own attention, MLP, norm and rotary modules, so a
-sculpted llama computes exactly what llama computes with the same weights.
-Imports nothing from llm-sculpt (see configuration_sculpted.py).
+It reuses the source family's own attention, MLP, norm and rotary modules, laid out and
+named as the family table (families.py) says: norms before and after each sublayer, fused
+projections, embedding scale, one mask and RoPE table per attention kind (full or sliding
+window), logit soft-cap. So a sculpted gemma3 computes exactly what gemma3 computes with the
+same weights. Imports nothing from llm-sculpt but its sibling files (see configuration_sculpted.py).
 """
 
 from __future__ import annotations
