@@ -82,6 +82,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-seqlen", type=int, default=None, help="tokens per calibration window (default: the "
                         "recipe's)")
     parser.add_argument("--data-dir", default=None, help="corpora directory (else $SCULPT_DATA_DIR, else the hub)")
+    parser.add_argument("--checkpoints", default="", help="comma list of RATIO=DIR: sculpted checkpoints to use "
+                        "for those ratios instead of sculpting (e.g. ARTIFACT/slice/model of an earlier run)")
     parser.add_argument("--work", default="bench-out/quantized_decode/work", help="sculpt artifacts and ONNX files")
     parser.add_argument("--out", default="bench-out/quantized_decode")
     return parser.parse_args(argv)
@@ -120,7 +122,8 @@ def load(name: str, args):
     if name == "dense":
         loaded = load_model(args.model)
         return loaded.model, loaded.checkpoint_dir
-    checkpoint = sculpt(float(name), args)
+    given = dict(item.split("=", 1) for item in args.checkpoints.split(",") if item)
+    checkpoint = Path(given[name]) if name in given else sculpt(float(name), args)
     return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval(), checkpoint
 
 
