@@ -59,11 +59,24 @@ def configurations(methods, reforms=("none",), presets=()) -> list[dict]:
     A method's row runs under the `fast` preset with its own method and the row's reform, so rows differ only
     in what they name."""
     registered = [{"name": name if reform == "none" else f"{name} + {reform}", "method": name,
-                   "overrides": {"preset": "fast", "reform.method": reform}, "reform": reform}
+                   "overrides": {"preset": "fast", **reform_overrides(reform)}, "reform": reform}
                   for name in sorted(methods) for reform in reforms]
     extras = [dict(extra) for extra in EXTRA_CONFIGURATIONS]
     return registered + extras + [{"name": f"preset {p}", "method": None, "preset": p, "overrides": {"preset": p}}
                                   for p in presets]
+
+
+def reform_overrides(reform: str) -> dict:
+    """The recipe keys of a reform name: a reform method, `+bias` adding the fitted output bias (admm+bias)."""
+    method, plus, extra = reform.partition("+")
+    if plus and extra != "bias":
+        raise SystemExit(f"unknown reform {reform!r}: a reform method, optionally followed by +bias")
+    return {"reform.method": method, **({"reform.bias": True} if plus else {})}
+
+
+def reform_label(recipe) -> str:
+    """The reform a run resolved to, named as --reforms names it."""
+    return recipe.reform.method + ("+bias" if recipe.reform.bias and recipe.reform.method != "none" else "")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--keep-artifacts", action="store_true", help="keep each run's artifact (sliced model)")
     parser.add_argument("--reforms", default="none", help="comma list: follow every method with each reform stage "
-                                                         "(none, admm, least-squares, bias)")
+                                                         "(none, admm, least-squares, bias; admm+bias and "
+                                                         "least-squares+bias also fit an output bias)")
     parser.add_argument("--presets", default="", help="comma list of presets to add as configurations (quality, fast)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurements (a perplexity "
                                                                    "screen)")
@@ -182,7 +196,7 @@ def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
              "reformable": reformable(artifact.path / "search" / "arch.json")}
     entry["method_wall_s"] = entry["search_wall_s"] + entry["reform_wall_s"]
     entry["resolved"] = {"method": recipe.search.method, "options": recipe.search.options,
-                         "reform": recipe.reform.method, "preset": recipe.preset}
+                         "reform": reform_label(recipe), "preset": recipe.preset}
     if not args.no_latency:
         entry["latency"] = measure_latency(artifact.path / "slice" / "model", timed_dense, args)
     return entry

@@ -48,6 +48,8 @@ RECIPE_FLAGS = [
     ("--reform-seqlen", "reform.seqlen", int, "Tokens per reform window (default: --calib-seqlen)."),
     ("--reform-sequential", "reform.sequential", click.BOOL, "true: fit each layer on the already-reformed "
                                                              "layers' outputs; false: on the original model's."),
+    ("--reform-bias", "reform.bias", click.BOOL, "true: also fit an output bias on every projection that lost "
+                                                 "inputs, jointly with the kept columns (admm, least-squares)."),
     ("--seq-len", "validate.seq_len", int, "Evaluation window length (2048 in the papers)."),
     ("--max-windows", "validate.max_windows", int, "Cap on evaluation windows (0 = the whole split)."),
     ("--seed", "seed", int, "Seed for calibration sampling and search."),

@@ -58,6 +58,9 @@ class ReformSection(Section):
     samples: int | None = Field(None, ge=1)  # calibration windows for reform; null = data.calib_samples
     seqlen: int | None = Field(None, ge=8)  # tokens per reform window; null = data.calib_seqlen
     sequential: bool = True  # inputs from the already-reformed layers; false = the original model's activations
+    # admm, least-squares: also fit an output bias on every projection that lost inputs (the mean of what the pruned
+    # inputs carried, fitted jointly with the kept columns; hidden-size parameters per projection)
+    bias: bool = False
 
 
 class QuantizationSection(Section):

@@ -3,7 +3,8 @@
 Reads `search/arch.json` (and `search/weights.safetensors` when the search method fitted
 weights), slices the source model with them, and corrects every output projection (attention output,
 MLP down) that lost input units with the recipe's method (see docs/reform.md). Writes:
-- `reform/arch.json`: the architecture from here on (the search's; `bias` adds output biases);
+- `reform/arch.json`: the architecture from here on (the search's; the `bias` method and `reform.bias` add
+  output biases);
 - `reform/weights.safetensors`: the corrected tensors, named as in the sliced model, which the
   slice stage applies after the search's;
 - `reform/report.json`: per projection, the output error before/after and the timings.
@@ -36,6 +37,8 @@ def options(ctx: StageContext) -> dict:
     if reform.method == "none":
         return {"method": "none"}
     settings = {"rho": reform.rho, "iterations": reform.iterations} if reform.method == "admm" else {}
+    if reform.bias and reform.method in ("admm", "least-squares"):
+        settings["bias"] = True  # absent when false, so older artifacts' options stay unchanged
     return {"method": reform.method, **settings, "sequential": reform.sequential, "model": ctx.model_options(),
             "calibration": ctx.calibration_options(*_window_shape(ctx))}
 
@@ -60,7 +63,7 @@ def run(ctx: StageContext) -> None:
                           options=options(ctx))
         return
     with ctx.artifact.stage(NAME, options=options(ctx), inputs=files) as st:
-        if reform.method == "bias":
+        if reform.method == "bias" or reform.bias:  # the fitted intercepts need somewhere to live
             spec = with_output_biases(spec)
         loaded = ctx.source()
         model = slice_model(loaded.model, spec)

@@ -77,3 +77,12 @@ def test_the_board_runs_only_the_stages_it_reads(board):
     manifest = read_manifest(next((out / "artifacts").rglob("manifest.json")).parent)
     assert [stage.name for stage in manifest.stages] == list(leaderboard.STAGES)  # reform recorded as skipped
     assert not any(path.suffix == ".onnx" for path in (out / "artifacts").rglob("*"))
+
+
+def test_a_reform_with_bias_is_its_own_row_and_recipe():
+    configs = leaderboard.configurations(["goa"], ["admm", "admm+bias"])
+    assert [c["name"] for c in configs[:2]] == ["goa + admm", "goa + admm+bias"]
+    assert configs[0]["overrides"] == {"preset": "fast", "reform.method": "admm"}
+    assert configs[1]["overrides"] == {"preset": "fast", "reform.method": "admm", "reform.bias": True}
+    with pytest.raises(SystemExit, match="unknown reform 'admm\\+foo'"):
+        leaderboard.reform_overrides("admm+foo")

@@ -49,3 +49,23 @@ def test_a_bad_reform_method_is_one_line_naming_the_choices(reform_run):
     _, args = reform_run
     result = sculpt(*args, "--reform", "lstsq")
     assert result.exit_code == 2 and "least-squares" in result.output
+
+
+def test_reform_bias_fits_an_intercept_that_lowers_every_projection_error(reform_run):
+    version, args = reform_run
+    # on the dense model's activations, each projection's fit with an intercept is a superset of the one without
+    plain = ["--reform", "least-squares", "--reform-sequential", "false"]
+    assert sculpt(*args, *plain).exit_code == 0
+    without = json.loads((version / "reform" / "report.json").read_text())["projections"]
+    result = sculpt("reform", str(version), *plain, "--reform-bias", "true", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sculpt("slice", str(version), "--quiet").exit_code == 0
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert {s["name"]: s for s in manifest["stages"]}["reform"]["options"]["bias"] is True
+    with_bias = json.loads((version / "reform" / "report.json").read_text())["projections"]
+    assert [(p["position"], p["module"]) for p in with_bias] == [(p["position"], p["module"]) for p in without]
+    assert all(b["error_after"] <= a["error_after"] * (1 + 1e-9) for a, b in zip(without, with_bias))
+    assert sum(b["error_after"] for b in with_bias) < sum(a["error_after"] for a in without)
+    config = json.loads((version / "slice" / "model" / "config.json").read_text())
+    biased = sum(bool(layer.get("attention_out_bias")) + bool(layer.get("mlp_out_bias")) for layer in config["sculpt_layers"])
+    assert biased == len(with_bias)  # one bias per projection that lost inputs, none elsewhere
