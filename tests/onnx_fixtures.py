@@ -59,3 +59,15 @@ def exported_tiny_fp16(sculpted_tiny, tmp_path_factory):
     from exporters.onnx_export import export_model
 
     return export_model(sculpted_tiny, tmp_path_factory.mktemp("onnx-fp16"), "fp16")
+
+
+def torch_greedy(model, prompt, steps):
+    """Greedy decoding through PyTorch's own KV cache (a sliding cache for sliding layers)."""
+    with torch.no_grad():
+        out = model(prompt, use_cache=True)
+        tokens = [prompt]
+        for _ in range(steps):
+            token = out.logits[:, -1:].argmax(-1)
+            tokens.append(token)
+            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(tokens, dim=1)

@@ -5,22 +5,10 @@ import torch
 
 from exporters.onnx_export import export_model
 from tests.factories import FAMILIES, SLIDING_WINDOW
-from tests.onnx_fixtures import heterogeneous_model
+from tests.onnx_fixtures import heterogeneous_model, torch_greedy
 from validators.ort_runner import OrtRunner
 
 LONG = torch.randint(3, 128, (2, 3 * SLIDING_WINDOW + 2), generator=torch.Generator().manual_seed(11))
-
-
-def torch_greedy(model, prompt, steps):
-    """Greedy decoding through PyTorch's own KV cache (a sliding cache for sliding layers)."""
-    with torch.no_grad():
-        out = model(prompt, use_cache=True)
-        tokens = [prompt]
-        for _ in range(steps):
-            token = out.logits[:, -1:].argmax(-1)
-            tokens.append(token)
-            out = model(token, past_key_values=out.past_key_values, use_cache=True)
-    return torch.cat(tokens, dim=1)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -16,22 +16,10 @@ from pipeline.errors import SculptError
 from pipeline.measures.perplexity import perplexity
 from pipeline.measures.runners import DecodingRunner, TorchRunner
 from tests.factories import tiny_model
-from tests.onnx_fixtures import exported_tiny, exported_tiny_fp16, sculpted_tiny  # noqa: F401 (fixtures)
+from tests.onnx_fixtures import exported_tiny, exported_tiny_fp16, sculpted_tiny, torch_greedy  # noqa: F401 (fixtures)
 from validators.ort_runner import OrtRunner
 
 IDS = torch.randint(3, 128, (2, 24), generator=torch.Generator().manual_seed(3))
-
-
-def torch_greedy(model, prompt, steps):
-    """Greedy decoding through PyTorch's own KV cache."""
-    with torch.no_grad():
-        out = model(prompt, use_cache=True)
-        tokens = [prompt]
-        for _ in range(steps):
-            token = out.logits[:, -1:].argmax(-1)
-            tokens.append(token)
-            out = model(token, past_key_values=out.past_key_values, use_cache=True)
-    return torch.cat(tokens, dim=1)
 
 
 def test_fp32_logits_match_pytorch(sculpted_tiny, exported_tiny):

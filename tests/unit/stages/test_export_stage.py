@@ -9,23 +9,15 @@ its greedy agreement with it: the defaults pass, a tightened gate fails with exi
 import json
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
 from pipeline.artifacts import read_manifest
 from pipeline.cli import cli
+from tests.threads import one_thread  # noqa: F401  (autouse)
 from tests.trained import CORPUS, trained_checkpoint
 
 GATE_EXIT = 3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sculpt(tmp_path, *args):

@@ -3,25 +3,16 @@
 import json
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 
 import pipeline.stages.validate as validate_stage
 from pipeline.cli import cli
 from pipeline.workflow import run_stage
+from tests.threads import one_thread  # noqa: F401  (autouse)
 from tests.trained import CORPUS, trained_checkpoint
 
 GATE_EXIT = 3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
