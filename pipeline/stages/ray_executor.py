@@ -149,21 +149,13 @@ class RayExecutor:
         return self._map("reformed", specs, on_done)
 
     def _map(self, method: str, specs: list[ArchSpec], on_done: Callable[[], None]) -> list[Any]:
-        """Each spec to the next free actor; the results in the order of `specs`."""
-        results: list[Any] = [None] * len(specs)
-        waiting = list(enumerate(specs))[::-1]  # popped from the end: the batch's order
-        idle, running = list(self.actors), {}
-        while waiting or running:
-            while idle and waiting:
-                index, spec = waiting.pop()
-                actor = idle.pop()
-                running[getattr(actor, method).remote(spec)] = (index, actor)
-            done, _ = self.ray.wait(list(running), num_returns=1)
-            for ref in done:
-                index, actor = running.pop(ref)
-                results[index] = self.ray.get(ref)
-                idle.append(actor)
-                on_done()
+        """Each spec to the next free actor (Ray's ActorPool); the results in the order of `specs`."""
+        from ray.util import ActorPool
+
+        results = []
+        for result in ActorPool(self.actors).map(lambda actor, spec: getattr(actor, method).remote(spec), specs):
+            results.append(result)
+            on_done()
         return results
 
     def describe(self) -> dict:
