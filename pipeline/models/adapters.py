@@ -8,6 +8,7 @@ and gate/up are `Rows`: views of the fused weight, one part each. Keyed on `conf
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,9 +17,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import SculptError
-from .families import FAMILIES, FULL, SLIDING, SUPPORTED_FAMILIES, Family, attention_kinds
+from .families import (
+    FAMILIES,
+    FULL,
+    SLIDING,
+    SUPPORTED_FAMILIES,
+    Family,
+    attention_kinds,
+)
 from .spec import BaseDims
-
 
 # The two output projections compression corrects, by role: the attention's output projection (its inputs are
 # the heads' contexts) and the MLP's down projection (its inputs are the channels' activations).
@@ -87,7 +94,7 @@ def fused_parts(fused: nn.Linear, widths: tuple[int, ...]) -> tuple[Rows, ...]:
     bounds = [0]
     for width in widths:
         bounds.append(bounds[-1] + width)
-    return tuple(Rows(fused, a, b) for a, b in zip(bounds, bounds[1:]))
+    return tuple(Rows(fused, a, b) for a, b in itertools.pairwise(bounds))
 
 
 @dataclass(frozen=True)
@@ -155,10 +162,20 @@ class FamilyAdapter:
         """RoPE tables by attention kind (the same table for both kinds unless the family's bases differ)."""
         rotary = model.model.rotary_emb
         if self.family.rope_per_kind:
-            return {kind: rotary(hidden, positions, kind) for kind in (FULL, SLIDING)
+            return {kind: self.rotary_table(rotary, hidden, positions, kind) for kind in (FULL, SLIDING)
                     if hasattr(rotary, f"{kind}_inv_freq")}
-        table = rotary(hidden, position_ids=positions)
+        table = self.rotary_table(rotary, hidden, positions)
         return {FULL: table, SLIDING: table}
+
+    def rotary_table(self, rotary: nn.Module, hidden: torch.Tensor, positions: torch.Tensor,
+                     kind: str = FULL) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (cos, sin) table of the family's rotary module `rotary` at `positions` for a layer of attention
+        `kind` (families.FULL or SLIDING): the kind's own RoPE base where the family has one per kind."""
+        if kind not in (FULL, SLIDING):
+            raise ValueError(f"attention kind {kind!r} is not {FULL!r} or {SLIDING!r}")
+        if self.family.rope_per_kind:
+            return rotary(hidden, positions, kind)
+        return rotary(hidden, position_ids=positions)
 
     # ---- a layer's modules --------------------------------------------
     def attention(self, layer: nn.Module) -> nn.Module:

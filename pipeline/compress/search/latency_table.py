@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache
 
 from pipeline.compress.width.legal_widths import AttentionShape, attention_shapes
+from pipeline.measures.latency import decode_throughput
+from pipeline.models.adapters import ADAPTERS
 from pipeline.models.modeling_sculpted import SculptedDecoderLayer, family_modules
 from pipeline.models.slicing import sculpted_config
 from pipeline.models.spec import ArchSpec, BaseDims, LayerSpec, layer_parameters
-from pipeline.measures.latency import decode_throughput
 
 Shapes = Iterable[tuple[AttentionShape | None, int]]  # per layer: attention shape (None: skipped), MLP width (0: skipped)
 
@@ -60,7 +61,7 @@ class LatencyTable:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LatencyTable":
+    def from_dict(cls, data: dict) -> LatencyTable:
         return cls(**{**data, "mlp": {int(width): t for width, t in data["mlp"].items()}})
 
 
@@ -114,6 +115,7 @@ def _layer_step(model, base: BaseDims, layer: LayerSpec, context: int, stream_by
     spec = ArchSpec(base, tuple(replace(layer, source=i % base.num_layers) for i in range(count)))
     config = sculpted_config(model.config, spec)
     config._attn_implementation = model.config._attn_implementation
+    adapter = ADAPTERS[base.model_type]
     with torch.device(device):
         stack = [SculptedDecoderLayer(config, i).to(dtype).eval() for i in range(count)]
         rotary = family_modules(base.model_type).rotary(config=config.family_config())
@@ -121,10 +123,10 @@ def _layer_step(model, base: BaseDims, layer: LayerSpec, context: int, stream_by
         token = torch.randn(1, 1, base.hidden_size, dtype=dtype)
         if layer.has_attention:  # fill the KV cache with `context` tokens
             prompt = torch.randn(1, context, base.hidden_size, dtype=dtype)
-            prompt_rotary = rotary(prompt, position_ids=torch.arange(context).unsqueeze(0))
+            prompt_rotary = _rotary_by_kind(adapter, rotary, prompt, torch.arange(context).unsqueeze(0), stack)
             for module in stack:
-                module(prompt, position_embeddings=prompt_rotary, past_key_values=cache)
-        token_rotary = rotary(token, position_ids=torch.tensor([[context]]))
+                module(prompt, position_embeddings=prompt_rotary[module.attention_kind], past_key_values=cache)
+        token_rotary = _rotary_by_kind(adapter, rotary, token, torch.tensor([[context]]), stack)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     samples = []
     for repeat in range(repeats + 1):  # the first round warms up
@@ -133,13 +135,19 @@ def _layer_step(model, base: BaseDims, layer: LayerSpec, context: int, stream_by
             began = time.perf_counter()
             hidden = token
             for module in stack:
-                hidden = module(hidden, position_embeddings=token_rotary, past_key_values=cache)
+                hidden = module(hidden, position_embeddings=token_rotary[module.attention_kind], past_key_values=cache)
             sync()
             if repeat:
                 samples.append((time.perf_counter() - began) / count)
         if layer.has_attention:
             cache.crop(-steps)  # back to `context` tokens
     return statistics.median(samples)
+
+
+def _rotary_by_kind(adapter, rotary, hidden: torch.Tensor, positions: torch.Tensor, stack) -> dict:
+    """The RoPE table of each attention kind in `stack`, as the family computes it (one base per kind in gemma3)."""
+    return {kind: adapter.rotary_table(rotary, hidden, positions, kind)
+            for kind in {module.attention_kind for module in stack}}
 
 
 def _layer_bytes(base: BaseDims, layer: LayerSpec, element_size: int) -> int:
