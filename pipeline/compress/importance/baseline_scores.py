@@ -19,6 +19,7 @@ from pipeline.compress.calibration.projection_statistics import InputStatistics,
 from .obs_importance import LayerImportance, per_head
 
 FlapMetric = Literal["wifv", "ifv", "wifn"]
+FLAP_DEFAULT_METRIC: FlapMetric = "wifv"  # FLAP's own default: Var(x_j) ||W[:, j]||^2
 
 
 def per_group(head_scores: torch.Tensor, group_size: int) -> torch.Tensor:

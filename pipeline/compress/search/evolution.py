@@ -18,12 +18,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from pipeline.compress.calibration.layer_stream import GramAccumulator
+from pipeline.compress.calibration.projection_statistics import InputStatistics, LayerStatistics
+from pipeline.compress.importance.baseline_scores import FLAP_DEFAULT_METRIC, flap_adaptive_scores
 from pipeline.compress.importance.greedy_channels import greedy_channel_scores
 from pipeline.compress.importance.mlp_width_costs import output_gradient_covariance, removal_costs
 from pipeline.compress.importance.obs_importance import LayerImportance, layer_importance
 from pipeline.compress.registry import Convergence, MethodContext, MethodResult, register
 from pipeline.errors import SculptError
-from pipeline.models.adapters import MLP_OUTPUT
+from pipeline.models.adapters import MLP_OUTPUT, OUTPUT_PROJECTIONS
 
 from .checkpoints import (
     CHART,
@@ -40,7 +42,7 @@ from .final_choice import final_windows, reformed_choice
 from .generations import EvolutionOptions, EvolutionSearch, Track, fingerprint, run_generations, search_space
 from .genome import Budget, SearchSpace, genome_spec, layer_shapes
 from .latency_table import LatencyTable, machine_key, measure_latency_table
-from .seeds import allocated_genomes, make_budget, seed_genomes
+from .seeds import FlapScores, allocated_genomes, flap_genome, make_budget, seed_genomes
 
 
 @register("evolution", "evolutionary search from the importance init (Shen et al. 2024): per-layer heads, MLP "
@@ -49,10 +51,10 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     windows = fitness_windows(ctx.calibration, options)
     final = final_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
-    importance, width_costs = _importance(
+    importance, width_costs, flap_scores = _importance(
         ctx, calibration_hash,
         SearchSpace(ctx.base, None, options.mlp_multiple).widths() if options.allocated_seeds else None,
-        options.mlp_selection)
+        options.mlp_selection, options.flap_seed)
     space = search_space(ctx.base, importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
@@ -60,7 +62,8 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     job = ScoringJob(ctx.model, windows, options.cache_mb * 2**20, final, ctx.batch_size)
     executor = (ctx.executor or LocalExecutor)(job)
     try:
-        runs = run_tracks(ctx, tracks, importance, width_costs, budget, executor, ratio, calibration_hash, table)
+        runs = run_tracks(ctx, tracks, SeedInputs(importance, width_costs, flap_scores), budget, executor, ratio,
+                          calibration_hash, table)
         if final is None:
             track = min(runs, key=lambda t: (runs[t].search.best.ppl, t != "main"))
             chosen, choice = runs[track].search.best, None
@@ -108,18 +111,28 @@ AFTER_THE_SEARCH = {"skip_free_track", "final_choice", "final_candidates", "fina
 
 
 @dataclass
+class SeedInputs:
+    """What the seeds are made from: the importance, and the width costs and FLAP scores where asked for."""
+
+    importance: list[LayerImportance]
+    width_costs: WidthCosts | None = None
+    flap_scores: FlapScores | None = None
+
+
+@dataclass
 class TrackRun:
     search: EvolutionSearch
     stopped: bool  # by the time limit
     resumed_from: int | None  # the generation its checkpoint had reached
 
 
-def run_tracks(ctx: MethodContext, tracks: dict[str, EvolutionOptions], importance: list[LayerImportance],
-               width_costs: WidthCosts | None, budget: Budget, executor: SearchExecutor, ratio: float,
-               calibration_hash: str, table: LatencyTable | None) -> dict[str, TrackRun]:
-    """The tracks' searches from the uniform (and allocated) seeds, run side by side (their candidates scored
-    together by `executor`), each resumed from and checkpointed to its own state, each with its log."""
-    prepared = [_prepare_track(ctx, name, options, importance, width_costs, budget, ratio, calibration_hash, table)
+def run_tracks(ctx: MethodContext, tracks: dict[str, EvolutionOptions], inputs: SeedInputs, budget: Budget,
+               executor: SearchExecutor, ratio: float, calibration_hash: str,
+               table: LatencyTable | None) -> dict[str, TrackRun]:
+    """The tracks' searches from their seeds (uniform, and allocated and FLAP's where asked for), run side by side
+    (their candidates scored together by `executor`), each resumed from and checkpointed to its own state, each
+    with its log."""
+    prepared = [_prepare_track(ctx, name, options, inputs, budget, ratio, calibration_hash, table)
                 for name, options in tracks.items()]
 
     def score(genomes, on_done):
@@ -135,12 +148,11 @@ def run_tracks(ctx: MethodContext, tracks: dict[str, EvolutionOptions], importan
     return runs
 
 
-def _prepare_track(ctx: MethodContext, name: str, options: EvolutionOptions, importance: list[LayerImportance],
-                   width_costs: WidthCosts | None, budget: Budget, ratio: float, calibration_hash: str,
-                   table: LatencyTable | None) -> tuple[Track, int | None]:
+def _prepare_track(ctx: MethodContext, name: str, options: EvolutionOptions, inputs: SeedInputs, budget: Budget,
+                   ratio: float, calibration_hash: str, table: LatencyTable | None) -> tuple[Track, int | None]:
     """One track's search, resumed from its checkpoint when that matches, with its seeds and its checkpointing;
     and the generation it resumed from."""
-    space = search_space(ctx.base, importance, options)
+    space = search_space(ctx.base, inputs.importance, options)
     search = EvolutionSearch(space, budget, options, ctx.seed)
     key = fingerprint("evolution", options.model_dump(exclude=AFTER_THE_SEARCH), ratio, ctx.seed, ctx.base.to_dict(),
                       calibration_hash, table.to_dict() if table else None)
@@ -155,9 +167,14 @@ def _prepare_track(ctx: MethodContext, name: str, options: EvolutionOptions, imp
         if ctx.outputs is not None:
             write_log(ctx.outputs, search.history, name)
 
-    uniform = seed_genomes(ctx.base, importance, space, budget)
-    allocated = allocated_genomes(uniform, importance, width_costs) if width_costs is not None else []
-    seeds = [("uniform", g) for g in uniform] + [("allocated", g) for g in allocated]
+    uniform = seed_genomes(ctx.base, inputs.importance, space, budget)
+    seeds = [("uniform", g) for g in uniform]
+    if inputs.width_costs is not None:
+        seeds += [("allocated", g) for g in allocated_genomes(uniform, inputs.importance, inputs.width_costs)]
+    if inputs.flap_scores is not None:
+        flap = flap_genome(ctx.base, inputs.flap_scores, budget, options.mlp_multiple)
+        if all((gene.attention or options.attention_skip) and (gene.mlp or options.mlp_skip) for gene in flap):
+            seeds.append(("flap", flap))  # not where it skips what this track may not (the skip-free track)
     return Track(name, search, seeds, checkpoint), resumed_from
 
 
@@ -193,26 +210,38 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
 
 
 def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ...] | None,
-                selection: str = "importance") -> tuple[list[LayerImportance], WidthCosts | None]:
+                selection: str = "importance", flap: bool = False,
+                ) -> tuple[list[LayerImportance], WidthCosts | None, FlapScores | None]:
     """The importance (from the resume directory if there); given `widths`, every layer's removal cost of each
     MLP width (mlp_width_costs.py), from the same pass and a gradient pass over the calibration windows.
     With the "greedy" `selection`, the MLP channels score by greedy reform-aware removal (greedy_channels.py,
-    the same passes) instead, and the width costs follow that ranking."""
+    the same passes) instead, and the width costs follow that ranking. With `flap`, also FLAP's standardised
+    scores of every layer's KV groups and channels (its default fluctuation metric), from the same pass."""
     greedy = selection == "greedy"
     if greedy:
         calibration_hash = f"{calibration_hash}-greedy"  # a cached importance is reused for its own selection only
     cached = load_importance(ctx.state, calibration_hash) if ctx.state is not None else None
-    priced = widths is None or (cached is not None and cached[1] is not None and set(cached[1][0]) == set(widths))
-    if cached is not None and priced:
-        return cached[0], cached[1] if widths is not None else None
+    if cached is not None:
+        importance, cached_costs, cached_flap = cached
+        priced = widths is None or (cached_costs is not None and set(cached_costs[0]) == set(widths))
+        if priced and (cached_flap is not None or not flap):
+            return importance, cached_costs if widths is not None else None, cached_flap if flap else None
     fishers = (output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, ctx.progress)
                if widths or greedy else None)
-    downs = [ctx.adapter.mlp_linears(layer)[2] for layer in ctx.adapter.layers(ctx.model)]
+    layers = list(ctx.adapter.layers(ctx.model))
     costs: WidthCosts = []
     channels: list[torch.Tensor] = []  # the greedy channel scores
+    flap_scores: FlapScores = []
 
     def keep_statistics(index: int, grams: dict[str, GramAccumulator], scores: LayerImportance) -> None:
-        down, gram = downs[index].weight.detach(), grams[MLP_OUTPUT].mean()
+        o, down = (ctx.adapter.output_projection(layers[index], role).weight.detach() for role in OUTPUT_PROJECTIONS)
+        if flap:  # on the same (dense) statistics FLAP's own pass gathers
+            stats = LayerStatistics(*(InputStatistics.from_accumulator(grams[role]) for role in OUTPUT_PROJECTIONS))
+            flap_scores.append(flap_adaptive_scores(o, down, stats, FLAP_DEFAULT_METRIC, ctx.base.head_dim,
+                                                    ctx.base.group_size))
+        if fishers is None:
+            return
+        gram = grams[MLP_OUTPUT].mean()
         if greedy:
             channels.append(greedy_channel_scores(down, gram, fishers[index]))
         if widths:
@@ -221,13 +250,13 @@ def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ..
             costs.append(removal_costs(down, gram, fishers[index], order, widths))
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
-                                  on_layer=keep_statistics if fishers is not None else None)
+                                  on_layer=keep_statistics if fishers is not None or flap else None)
     if greedy:
         importance = [replace(scores, mlp_channels=ranked) for scores, ranked in zip(importance, channels)]
     width_costs = costs if widths else None
     if ctx.state is not None:
-        save_importance(ctx.state, calibration_hash, importance, width_costs)
-    return importance, width_costs
+        save_importance(ctx.state, calibration_hash, importance, width_costs, flap_scores if flap else None)
+    return importance, width_costs, flap_scores if flap else None
 
 
 def _mean(history: list[dict], key: str) -> float | None:

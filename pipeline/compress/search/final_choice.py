@@ -1,6 +1,6 @@
 """The reformed final choice: which of the search's finalists ships, judged as the reform stage will ship it.
 
-Each finalist (every track's best parents, uniform seeds and allocated seeds) is sliced, reformed with the
+Each finalist (every track's best parents and its best seeds of each kind) is sliced, reformed with the
 reform stage's default sequential ADMM on the calibration windows before the last `final_windows`, and scored
 on those last windows, which neither the fitness nor the reform saw.
 """
@@ -21,6 +21,7 @@ from pipeline.models.spec import ArchSpec, BaseDims
 
 from .generations import Candidate, EvolutionOptions, EvolutionSearch
 from .genome import genome_ratio, genome_spec
+from .seeds import SEED_KINDS
 
 
 @dataclass
@@ -34,14 +35,14 @@ class FinalChoice:
 def reformed_choice(searches: dict[str, EvolutionSearch], per_track: int, base: BaseDims, progress: bool,
                     score: Callable[[list[ArchSpec], Callable[[], None]], list[float]]) -> FinalChoice:
     """The finalist with the lowest score (perplexity after reform, on held-out windows): each track's best
-    `per_track` candidates, uniform seeds and allocated seeds (a seed is kept when nothing beats it; the seed
+    `per_track` candidates and seeds of each kind (uniform, allocated, flap: a seed is kept when nothing beats it; the seed
     the fitness ranks first need not be the best after reform); ties go to the earlier finalist. `score` gets
     every finalist at once (an executor reforms them in parallel; the second argument is called as each is
     done) and returns their scores in order."""
     finalists, keys = [], set()
     for track, search in searches.items():
         ranked = [(f"parent {i + 1}", c) for i, c in enumerate(search.parents[:per_track])]
-        for kind in ("uniform", "allocated"):
+        for kind in SEED_KINDS:
             seeds = [c for c in search.seeds if search.seed_kinds[c.key] == kind]
             ranked += [(f"{kind} seed {i + 1}", c) for i, c in enumerate(seeds[:per_track])]
         for origin, candidate in ranked:

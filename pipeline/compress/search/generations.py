@@ -74,6 +74,9 @@ class EvolutionOptions(MethodOptions):
     # the least-squares correction of the kept channels, weighted by the loss gradient (greedy_channels.py), the
     # set the reform corrects best; costs the same gradient pass as allocated_seeds and ~1.7 s per layer
     mlp_selection: Literal["importance", "greedy"] = "importance"
+    # also seed the search with the model FLAP's global allocation keeps (its KV groups and MLP channels per layer,
+    # seeds.py), scored from the importance pass's own statistics: no extra pass
+    flap_seed: bool = False
     cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
     latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
     latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]
@@ -83,7 +86,7 @@ class EvolutionOptions(MethodOptions):
     # widths-only search wins at deep cuts and the skipping one at shallow cuts (docs/search.md)
     skip_free_track: bool = False
     # what the search returns: "fitness" = the lowest calibration score of any track; "reformed" = among each
-    # track's best `final_candidates` and as many best uniform seeds (and allocated seeds), the lowest perplexity on
+    # track's best `final_candidates` and as many best seeds of each kind (uniform, allocated, flap), the lowest perplexity on
     # the last `final_windows` calibration windows after the reform stage's default ADMM (sequential) on the others
     final_choice: Literal["fitness", "reformed"] = "fitness"
     final_candidates: int = Field(3, ge=1)
@@ -131,7 +134,7 @@ class EvolutionSearch:
         self.seen: dict[str, float] = {}
         self.parents: list[Candidate] = []
         self.seeds: list[Candidate] = []  # the seeds, best first, as generation 0 scored them
-        self.seed_kinds: dict[str, str] = {}  # each seed's key -> where it came from ("uniform", "allocated")
+        self.seed_kinds: dict[str, str] = {}  # each seed's key -> where it came from ("uniform", "allocated", "flap")
         self.history: list[dict] = []
         self.generation = -1  # the last completed generation
         self.strong = Rates(options.mask_rate_initial, options.ratio_rate_initial, options.depth_rate)

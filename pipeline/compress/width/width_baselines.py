@@ -14,6 +14,7 @@ from pydantic import Field
 
 from pipeline.compress.calibration.projection_statistics import LayerStatistics, stream_statistics
 from pipeline.compress.importance.baseline_scores import (
+    FLAP_DEFAULT_METRIC,
     FlapMetric,
     flap_adaptive_scores,
     flap_uniform_importance,
@@ -59,7 +60,7 @@ def run_wanda_sp(ctx: MethodContext, ratio: float, options: WandaSpOptions) -> M
 
 
 class FlapOptions(MethodOptions):
-    metric: FlapMetric = "wifv"  # wifv: Var(x_j) ||W[:, j]||^2; ifv: Var(x_j); wifn: Wanda-like
+    metric: FlapMetric = FLAP_DEFAULT_METRIC  # wifv: Var(x_j) ||W[:, j]||^2; ifv: Var(x_j); wifn: Wanda-like
     structure: Literal["AL-AM", "UL-UM"] = "AL-AM"  # adaptive across layers and modules, or uniform
     bias: bool = True  # bias compensation of the removed channels' mean output
     mlp_multiple: int = Field(DEFAULT_MLP_MULTIPLE, ge=1)

@@ -388,3 +388,24 @@ def test_greedy_selection_seeds_keep_the_channels_greedy_reform_aware_removal_ra
     run_evolution(ctx, 0.7, OPTIONS)
     for seed in seeds(ctx.state.folder):
         assert all(gene.mlp_channels == top_units(s.mlp_channels, len(gene.mlp_channels)) for gene, s in zip(seed, phi))
+
+
+def test_the_flap_seed_is_the_model_flap_keeps_and_reaches_the_final_choice(tmp_path, monkeypatch):
+    from pipeline.compress.width.width_baselines import FlapOptions, run_flap
+
+    ctx = _context(tmp_path, "flap")
+    options = TRACKS.model_copy(update={"flap_seed": True})
+    result = run_evolution(ctx, 0.7, options)
+    assert [row["origin"] for row in result.metrics["final_choice"]].count("flap seed 1") == 1  # tracks share it
+    state = json.loads((ctx.state.folder / "evolution.json").read_text())
+    [seed] = [genome_from_dict(s["genome"]) for s in state["seeds"] if s["kind"] == "flap"]
+    # FLAP itself (no bias, so the same parameter count), on the same calibration windows and MLP multiple
+    flap = run_flap(_context(tmp_path, "baseline"), 0.7, FlapOptions(bias=False, mlp_multiple=OPTIONS.mlp_multiple))
+    assert genome_spec(seed, ctx.base).to_dict()["layers"] == flap.spec.to_dict()["layers"]
+    assert len({(len(gene.q_heads), len(gene.mlp_channels)) for gene in seed}) > 1  # not uniform over the layers
+    # a resumed search reuses FLAP's scores kept with the importance: no second importance pass
+    passes, importance = [], evolution_method.layer_importance
+    monkeypatch.setattr(evolution_method, "layer_importance",
+                        lambda *args, **kwargs: passes.append(1) or importance(*args, **kwargs))
+    again = run_evolution(ctx, 0.7, options)
+    assert again.spec.to_dict() == result.spec.to_dict() and not passes
