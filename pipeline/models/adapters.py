@@ -21,9 +21,10 @@ from .families import (
     FAMILIES,
     FULL,
     SLIDING,
-    SUPPORTED_FAMILIES,
+    TEXT_TOWERS,
     Family,
     attention_kinds,
+    unsupported_message,
 )
 from .spec import BaseDims
 
@@ -258,9 +259,10 @@ def adapter_for(config) -> FamilyAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type == "sculpted":
         return ADAPTERS[config.base_model_type]
+    if model_type in TEXT_TOWERS:
+        tower = TEXT_TOWERS[model_type]
+        raise SculptError(f"model type {model_type!r} is multimodal: llm-sculpt prunes its text tower, a "
+                          f"{tower.family} model; take it first with pipeline.models.text_tower.text_tower_checkpoint")
     if model_type not in ADAPTERS:
-        raise SculptError(
-            f"model type {model_type!r} is not supported; llm-sculpt supports {', '.join(SUPPORTED_FAMILIES)} "
-            "— pick a model of one of these families"
-        )
+        raise SculptError(unsupported_message(model_type))
     return ADAPTERS[model_type]

@@ -98,11 +98,42 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
 SUPPORTED_FAMILIES = tuple(FAMILIES)
 
 
+@dataclass(frozen=True)
+class TextTower:
+    """A multimodal model whose text tower is a supported family: llm-sculpt takes the tower alone
+    (pipeline/models/text_tower.py), as a model of `family`.
+
+    Its config holds the family config under `config_key`; its checkpoint holds the family's own
+    weights under other names: each `renames` pair maps a checkpoint prefix to the family model's
+    prefix (the first that matches wins; other weights, e.g. a vision tower's, are left out)."""
+
+    model_type: str  # the multimodal config's model_type
+    family: str  # the text tower's model_type, a key of FAMILIES
+    renames: tuple[tuple[str, str], ...]
+    config_key: str = "text_config"
+
+
+TEXT_TOWERS: dict[str, TextTower] = {t.model_type: t for t in (
+    # Gemma3ForConditionalGeneration (Gemma 3 4B, 12B, 27B): hub checkpoints name the language model
+    # `language_model.model.*` (`language_model.lm_head.*` if untied); transformers 4.52-4.57 saved it
+    # as `model.language_model.*` and `lm_head.*`.
+    TextTower("gemma3", "gemma3_text", renames=(
+        ("language_model.model.", "model."), ("model.language_model.", "model."),
+        ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head."))),
+)}
+
+
+def unsupported_message(model_type: str | None) -> str:
+    """The one-line error for a model type that is neither a family nor a known text tower's model."""
+    towers = "".join(f", the text tower of {t.model_type} (as {t.family})" for t in TEXT_TOWERS.values())
+    return (f"model type {model_type!r} is not supported; llm-sculpt supports {', '.join(SUPPORTED_FAMILIES)}"
+            f"{towers} — pick a model of one of these families")
+
+
 def family_of(model_type: str) -> Family:
     """The family of `model_type`; a one-line error naming the supported ones for anything else."""
     if model_type not in FAMILIES:
-        raise ValueError(f"model type {model_type!r} is not supported; llm-sculpt supports "
-                         f"{', '.join(SUPPORTED_FAMILIES)} — pick a model of one of these families")
+        raise ValueError(unsupported_message(model_type))
     return FAMILIES[model_type]
 
 
