@@ -108,7 +108,11 @@ class RayExecutor:
         if address:
             try:
                 self.ray.init(address=address, log_to_driver=False)
-            except ConnectionError:
+            except (ConnectionError, RuntimeError) as err:
+                if "uthenticat" in f"{err} {err.__cause__}":  # Ray >= 2.5x: `ray start` turns token auth on
+                    raise SculptError(f"the Ray cluster at RAY_ADDRESS={address} wants its auth token: set "
+                                      "RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or "
+                                      "RAY_AUTH_TOKEN (docs/scale.md)") from None
                 raise SculptError(f"no Ray cluster answers at RAY_ADDRESS={address}: start it (`ray start --head`) "
                                   "or unset RAY_ADDRESS to start a local instance") from None
             return
