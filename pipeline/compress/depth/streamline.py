@@ -8,10 +8,12 @@
    and trained with AdamW) fitted to map h_j to h_{j+n} on the cached calibration streams.
    See `replacement` for the fitting.
 3. n: the fewest blocks whose removal, counting the replacement's parameters, reaches the ratio.
+4. Stability (the paper's metric, stability.py): whether the pruned model is right where the dense
+   one is, on next-token choices of the held-out windows, weighted by the dense model's decidedness.
 
 The replacement's weights travel in `MethodResult.weights` under the sliced model's names, so
 slice and export treat it like any layer. The last `held_out_windows` calibration windows are
-held out: the replacement is fitted on the others and its error is reported on them.
+held out: the replacement is fitted on the others and its error and stability are reported on them.
 """
 
 from __future__ import annotations
@@ -22,14 +24,27 @@ import torch
 from pydantic import Field
 
 from pipeline.compress.calibration.stream_similarity import most_similar_span
-from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
+from pipeline.compress.registry import (
+    MethodContext,
+    MethodOptions,
+    MethodResult,
+    register,
+)
 from pipeline.compress.width.legal_widths import top_units
 from pipeline.errors import SculptError
 from pipeline.models.slicing import slice_model
 from pipeline.models.spec import ArchSpec, decoder_ratio
 
 from .removal_counting import dense_layer, fewest_units_for, spec_without
-from .replacement_fit import LINEAR_DAMPING, channel_scores, fit_linear, relative_error, tokens_of, train_layer
+from .replacement_fit import (
+    LINEAR_DAMPING,
+    channel_scores,
+    fit_linear,
+    relative_error,
+    tokens_of,
+    train_layer,
+)
+from .stability import next_token_stability
 
 
 class StreamlineOptions(MethodOptions):
@@ -39,6 +54,7 @@ class StreamlineOptions(MethodOptions):
     lr: float = Field(1e-3, gt=0)  # ffn peak learning rate (AdamW, cosine decay)
     batch_tokens: int = Field(512, ge=1)  # tokens per ffn training step
     held_out_windows: int = Field(4, ge=1)  # calibration windows kept out of fitting, to measure the error
+    stability_options: int = Field(4, ge=2)  # choices per next-token item of the stability metric (stability.py)
     damping: float = Field(LINEAR_DAMPING, ge=0)  # ridge of the linear least-squares fit
 
 
@@ -75,6 +91,9 @@ def run_streamline(ctx: MethodContext, ratio: float, options: StreamlineOptions)
     if options.held_out_windows >= ctx.calibration.shape[0]:
         raise SculptError(f"streamline holds out {options.held_out_windows} calibration windows to measure the "
                           f"replacement but there are only {ctx.calibration.shape[0]}: raise --calib-samples")
+    if options.stability_options > ctx.base.vocab_size:
+        raise SculptError(f"streamline: stability_options {options.stability_options} exceeds the vocabulary "
+                          f"({ctx.base.vocab_size} tokens); pass a smaller stability_options")
     length = span_length(ctx, ratio, options)
     if length == 0:
         return MethodResult(spec_without(ctx.base, notes={"method": "streamline"}), metrics={"span_length": 0})
@@ -92,7 +111,8 @@ def run_streamline(ctx: MethodContext, ratio: float, options: StreamlineOptions)
                                 ctx.adapter.mlp_linears(source).down, train[0])
         channels = top_units(scores, options.ffn_width or ctx.base.intermediate_size)
     spec = streamline_spec(ctx, start, length, replacement_layer(ctx, start, options, channels))
-    layer = ctx.adapter.layers(slice_model(ctx.model, spec))[start]  # the sliced layer, initialised from source
+    pruned = slice_model(ctx.model, spec)
+    layer = ctx.adapter.layers(pruned)[start]  # the sliced layer, initialised from source
     metrics = {"span_start": start, "span_length": length, "span_end": start + length - 1,
                "span_similarity": round(similarities[start], 6),
                "span_similarities": [round(s, 6) for s in similarities], "replacement": options.replacement,
@@ -106,6 +126,9 @@ def run_streamline(ctx: MethodContext, ratio: float, options: StreamlineOptions)
     layer.requires_grad_(False)
     metrics.update(fit_relative_error=relative_error(layer, *train),
                    held_out_relative_error=relative_error(layer, *held_out))
+    # The paper's stability of the pruned model against the dense one, on the held-out windows' next tokens.
+    held_out_windows = ctx.calibration[-options.held_out_windows:]
+    metrics.update(next_token_stability(ctx.model, pruned.eval(), held_out_windows, options.stability_options).metrics())
     weights = {f"{ctx.adapter.layer_prefix(start)}.{name}": tensor.detach().clone()
                for name, tensor in layer.state_dict().items()}
     return MethodResult(spec, weights=weights, metrics=metrics)
