@@ -51,19 +51,18 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     windows = fitness_windows(ctx.calibration, options)
     final = final_windows(ctx.calibration, options)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
-    importance, width_costs, flap_scores = _importance(
+    inputs = _importance(
         ctx, calibration_hash,
         SearchSpace(ctx.base, None, options.mlp_multiple).widths() if options.allocated_seeds else None,
         options.mlp_selection, options.flap_seed)
-    space = search_space(ctx.base, importance, options)
+    space = search_space(ctx.base, inputs.importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
     tracks = {"main": options, **({"skip-free": options.skip_free()} if options.skip_free_track else {})}
     job = ScoringJob(ctx.model, windows, options.cache_mb * 2**20, final, ctx.batch_size)
     executor = (ctx.executor or LocalExecutor)(job)
     try:
-        runs = run_tracks(ctx, tracks, SeedInputs(importance, width_costs, flap_scores), budget, executor, ratio,
-                          calibration_hash, table)
+        runs = run_tracks(ctx, tracks, inputs, budget, executor, ratio, calibration_hash, table)
         if final is None:
             track = min(runs, key=lambda t: (runs[t].search.best.ppl, t != "main"))
             chosen, choice = runs[track].search.best, None
@@ -210,8 +209,7 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
 
 
 def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ...] | None,
-                selection: str = "importance", flap: bool = False,
-                ) -> tuple[list[LayerImportance], WidthCosts | None, FlapScores | None]:
+                selection: str = "importance", flap: bool = False) -> SeedInputs:
     """The importance (from the resume directory if there); given `widths`, every layer's removal cost of each
     MLP width (mlp_width_costs.py), from the same pass and a gradient pass over the calibration windows.
     With the "greedy" `selection`, the MLP channels score by greedy reform-aware removal (greedy_channels.py,
@@ -225,7 +223,7 @@ def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ..
         importance, cached_costs, cached_flap = cached
         priced = widths is None or (cached_costs is not None and set(cached_costs[0]) == set(widths))
         if priced and (cached_flap is not None or not flap):
-            return importance, cached_costs if widths is not None else None, cached_flap if flap else None
+            return SeedInputs(importance, cached_costs if widths is not None else None, cached_flap if flap else None)
     fishers = (output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, ctx.progress)
                if widths or greedy else None)
     layers = list(ctx.adapter.layers(ctx.model))
@@ -256,7 +254,7 @@ def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ..
     width_costs = costs if widths else None
     if ctx.state is not None:
         save_importance(ctx.state, calibration_hash, importance, width_costs, flap_scores if flap else None)
-    return importance, width_costs, flap_scores if flap else None
+    return SeedInputs(importance, width_costs, flap_scores if flap else None)
 
 
 def _mean(history: list[dict], key: str) -> float | None:
