@@ -163,3 +163,22 @@ def test_the_errors_name_the_text_towers():
     with pytest.raises(ValueError, match="the text tower of gemma3"):
         family_of("llava")
     assert TEXT_TOWERS["gemma3"].family == "gemma3_text"
+
+
+def test_a_hub_style_config_with_legacy_rope_keys_gives_the_same_tower(tmp_path):
+    """Hub checkpoints of Gemma 3 4B+ (saved by transformers 4.50) state RoPE as rope_theta, rope_local_base_freq
+    and a linear rope_scaling of the global layers: the tower must keep what transformers reads from them."""
+    from transformers import Gemma3ForConditionalGeneration
+
+    source = save(multimodal_gemma3(seed=2), tmp_path / "hub-style")
+    config = json.loads((source / "config.json").read_text())
+    text = config["text_config"]
+    del text["rope_parameters"]
+    text.update(rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, rope_scaling={"factor": 8.0, "rope_type": "linear"})
+    (source / "config.json").write_text(json.dumps(config))
+    model = Gemma3ForConditionalGeneration.from_pretrained(source).eval()  # as transformers reads the hub file
+    assert model.config.text_config.rope_parameters["full_attention"]["rope_type"] == "linear"
+    tower = text_tower_checkpoint(source, cache=tmp_path / "cache")
+    rope = json.loads((tower / "config.json").read_text())["rope_parameters"]
+    assert rope["full_attention"]["factor"] == 8.0 and rope["sliding_attention"]["rope_theta"] == 10_000.0
+    assert torch.allclose(tower_logits(tower), wrapper_logits(model), atol=1e-5, rtol=0)
