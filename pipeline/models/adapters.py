@@ -266,3 +266,30 @@ def adapter_for(config) -> FamilyAdapter:
     if model_type not in ADAPTERS:
         raise SculptError(unsupported_message(model_type))
     return ADAPTERS[model_type]
+
+
+def gguf_config_fixes(path, config):
+    """`config`, as transformers' GGUF loader made it from the GGUF file at `path`, with the family's metadata
+    that loader does not read (`Family.gguf_keys`: e.g. qwen3's head_dim, phi3's sliding window, gemma3's RoPE
+    scaling) set from the file. Keys the file does not hold keep the loader's value; returns `config`."""
+    family = FAMILIES.get(getattr(config, "model_type", None))
+    if family is None or not family.gguf_keys:
+        return config
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    architecture = fields["general.architecture"].contents()
+    for key, target in family.gguf_keys:
+        field = fields.get(f"{architecture}.{key}")
+        value = None if field is None else field.contents()
+        if value is None or value == "none":  # llama.cpp writes rope.scaling.type "none" for no scaling
+            continue
+        *path_to, last = target.split(".")
+        node = config
+        for name in path_to:
+            node = node[name] if isinstance(node, dict) else getattr(node, name)
+        if isinstance(node, dict):
+            node[last] = value
+        else:
+            setattr(node, last, value)
+    return config

@@ -50,6 +50,9 @@ class Family:
     embed_scale_sqrt_hidden: bool = False  # embeddings are multiplied by sqrt(hidden_size) (gemma)
     rope_per_kind: bool = False  # RoPE parameters differ by attention kind: the rotary module takes the kind
     logit_softcap: str | None = None  # config key of the final logits' tanh soft-cap (gemma2)
+    # GGUF metadata transformers' GGUF loader does not read back: (key under the file's architecture, family
+    # config key, dotted into dicts). adapters.gguf_config_fixes sets them on the config the loader made.
+    gguf_keys: tuple[tuple[str, str], ...] = ()
 
     @property
     def fused_qkv(self) -> bool:
@@ -87,13 +90,20 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", "llama", "Llama", "SmolLM2, Llama 2/3, TinyLlama"),
     Family("mistral", "mistral", "Mistral", "Mistral 7B"),
     Family("qwen2", "qwen2", "Qwen2", "Qwen2, Qwen2.5", qkv_bias_always=True),
-    Family("qwen3", "qwen3", "Qwen3", "Qwen3", qk_norms=("q_norm", "k_norm")),
-    Family("phi3", "phi3", "Phi3", "Phi-3, Phi-3.5, Phi-4-mini", qkv=("qkv_proj",), gate_up=("gate_up_proj",)),
+    Family("qwen3", "qwen3", "Qwen3", "Qwen3", qk_norms=("q_norm", "k_norm"),
+           gguf_keys=(("attention.key_length", "head_dim"),)),
+    Family("phi3", "phi3", "Phi3", "Phi-3, Phi-3.5, Phi-4-mini", qkv=("qkv_proj",), gate_up=("gate_up_proj",),
+           gguf_keys=(("attention.sliding_window", "sliding_window"),)),
     Family("gemma2", "gemma2", "Gemma2", "Gemma 2", norms=_GEMMA_NORMS, embed_scale_sqrt_hidden=True,
-           logit_softcap="final_logit_softcapping"),
+           logit_softcap="final_logit_softcapping",
+           gguf_keys=(("attn_logit_softcapping", "attn_logit_softcapping"),
+                      ("final_logit_softcapping", "final_logit_softcapping"))),
     Family("gemma3_text", "gemma3", "Gemma3", "Gemma 3 270M, 1B (text-only checkpoints)", norms=_GEMMA_NORMS,
            qk_norms=("q_norm", "k_norm"), embed_scale_sqrt_hidden=True, rope_per_kind=True,
-           logit_softcap="final_logit_softcapping"),
+           logit_softcap="final_logit_softcapping",
+           gguf_keys=(("rope.freq_base_swa", "rope_parameters.sliding_attention.rope_theta"),
+                      ("rope.scaling.type", "rope_parameters.full_attention.rope_type"),
+                      ("rope.scaling.factor", "rope_parameters.full_attention.factor"))),
 )}
 SUPPORTED_FAMILIES = tuple(FAMILIES)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.adapters import adapter_for
+from pipeline.models.adapters import adapter_for, gguf_config_fixes
 from pipeline.models.families import SUPPORTED_FAMILIES
 from pipeline.models.loading import load_model
 from tests.factories import tiny_model
@@ -46,7 +46,7 @@ def _permute_rotary_rows(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_gguf(model, path, architecture: str, name: str) -> None:
+def write_gguf(model, path, architecture: str, name: str, tokens: list[str] = TOKENS) -> None:
     config = model.config
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name(name)
@@ -64,10 +64,18 @@ def write_gguf(model, path, architecture: str, name: str) -> None:
     writer.add_rope_freq_base(rope["rope_theta"])
     if getattr(config, "sliding_window", None):
         writer.add_sliding_window(config.sliding_window)
+    if "sliding_attention" in config.rope_parameters:
+        writer.add_rope_freq_base_swa(config.rope_parameters["sliding_attention"]["rope_theta"])
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
+    for cap in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, cap, None):
+            getattr(writer, f"add_{cap}")(getattr(config, cap))
     writer.add_tokenizer_model("llama")
-    writer.add_token_list(TOKENS)
-    writer.add_token_scores([-float(i) for i in range(VOCAB)])
-    writer.add_token_types([3 if token.startswith("<") else 1 for token in TOKENS])
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) for i in range(len(tokens))])
+    writer.add_token_types([3 if token.startswith("<") else 1 for token in tokens])
     writer.add_pad_token_id(0)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
@@ -118,3 +126,43 @@ def test_a_gguf_of_each_family_loads_with_its_models_logits(family, tmp_path, mo
     assert loaded.tokenizer.convert_ids_to_tokens([1, 2, 7]) == ["<s>", "</s>", TOKENS[7]]
     assert len(list((tmp_path / "cache" / "gguf").iterdir())) == 1
     assert load_model(str(path)).checkpoint_dir == loaded.checkpoint_dir
+
+
+# Each family's config keys that transformers' GGUF loader drops, set to values other than the config class's
+# defaults: without `gguf_config_fixes` the loaded model would compute something else (or not load).
+DROPPED = {
+    "qwen3": {"head_dim": 8},
+    "phi3": {"sliding_window": 6},
+    "gemma2": {"attn_logit_softcapping": 40.0, "final_logit_softcapping": 20.0},
+    "gemma3_text": {"rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 20_000.0}}},
+}
+
+
+@pytest.mark.parametrize("family", sorted(DROPPED))
+def test_what_the_gguf_loader_drops_is_set_from_the_file(family, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = tiny_model(family, seed=3, **{**SOURCE_OVERRIDES.get(family, {}), **DROPPED[family]})
+    path = tmp_path / f"tiny-{family}.gguf"
+    write_gguf(source, path, ARCHITECTURES[family], name=f"tiny {family}")
+    plain = AutoConfig.from_pretrained(tmp_path, gguf_file=path.name)
+    fixed = gguf_config_fixes(path, AutoConfig.from_pretrained(tmp_path, gguf_file=path.name))
+    for key in DROPPED[family]:
+        assert getattr(plain, key) != getattr(source.config, key)  # what transformers alone makes of the file
+        assert getattr(fixed, key) == getattr(source.config, key)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, config=fixed, dtype=torch.float32)
+    ids = torch.randint(4, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(ids).logits - source(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_families_without_dropped_keys_keep_the_loaders_config(tmp_path):
+    source = tiny_model("llama", seed=3)
+    path = tmp_path / "tiny-llama.gguf"
+    write_gguf(source, path, "llama", name="tiny llama")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tmp_path, gguf_file=path.name)
+    before = config.to_dict()
+    assert gguf_config_fixes(path, config) is config and config.to_dict() == before
