@@ -55,6 +55,9 @@ def choose(logits: torch.Tensor, options: torch.Tensor) -> tuple[torch.Tensor, t
     return scores, scores.argmin(dim=1) == 0
 
 
+_CHUNK = 256  # positions whose vocabulary-wide scores are worked on at once
+
+
 @dataclass(frozen=True)
 class StabilityReport:
     stability: float  # over every item of every window
@@ -82,10 +85,15 @@ def next_token_stability(original, pruned, windows: torch.Tensor, options: int =
         ids = window.unsqueeze(0).to(device)
         targets = ids[0, 1:]
         dense_logits = original(input_ids=ids).logits[0, :-1]
-        choices = next_token_options(dense_logits, targets, options)
-        dense_scores, dense_right = choose(dense_logits, choices)
+        rows = range(0, targets.shape[0], _CHUNK)  # a vocabulary-wide copy per chunk of positions, not per window
+        choices = torch.cat([next_token_options(dense_logits[i:i + _CHUNK], targets[i:i + _CHUNK], options)
+                             for i in rows])
+        dense = [choose(dense_logits[i:i + _CHUNK], choices[i:i + _CHUNK]) for i in rows]
+        dense_scores, dense_right = torch.cat([d[0] for d in dense]), torch.cat([d[1] for d in dense])
         del dense_logits
-        _, pruned_right = choose(pruned(input_ids=ids).logits[0, :-1], choices)
+        pruned_logits = pruned(input_ids=ids).logits[0, :-1]
+        pruned_right = torch.cat([choose(pruned_logits[i:i + _CHUNK], choices[i:i + _CHUNK])[1] for i in rows])
+        del pruned_logits
         per_window.append(stability(dense_right, pruned_right, dense_scores))
         flags.append((dense_right.cpu(), pruned_right.cpu()))
         scores.append(dense_scores.cpu())

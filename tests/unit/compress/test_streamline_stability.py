@@ -112,3 +112,13 @@ def test_too_many_stability_options_is_a_clear_error():
     ctx = _context(tiny_model("llama"))
     with pytest.raises(SculptError, match="stability_options 129 exceeds the vocabulary"):
         _run(ctx, 0.6, stability_options=129)
+
+
+def test_chunking_the_positions_changes_nothing(monkeypatch):
+    import pipeline.compress.depth.stability as module
+
+    model, other = (tiny_model("llama", seed=s, tie_word_embeddings=False) for s in (0, 2))
+    windows = torch.randint(3, 128, (2, 30), generator=torch.Generator().manual_seed(4))
+    whole = next_token_stability(model, other, windows)
+    monkeypatch.setattr(module, "_CHUNK", 7)
+    assert next_token_stability(model, other, windows) == whole
