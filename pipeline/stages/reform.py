@@ -6,7 +6,8 @@ MLP down) that lost input units with the recipe's method (see docs/reform.md). W
 - `reform/arch.json`: the architecture from here on (the search's; the `bias` method and `reform.bias` add
   output biases);
 - `reform/weights.safetensors`: the corrected tensors, named as in the sliced model, which the
-  slice stage applies after the search's;
+  slice stage applies after the search's (for a source streamed from disk, `reform/weights-NNNNN.safetensors`,
+  one file per sculpted layer, written as each layer is done);
 - `reform/report.json`: per projection, the output error before/after and the timings.
 """
 
@@ -16,7 +17,15 @@ import json
 
 from safetensors.torch import load_file, save_file
 
-from ..compress.reform.sequential_reform import ReformOutcome, ReformSettings, pruned_inputs, reform_sculpted, with_output_biases
+from ..compress.reform.sequential_reform import (
+    ReformOutcome,
+    ReformSettings,
+    pruned_inputs,
+    reform_sculpted,
+    reform_streamed,
+    with_output_biases,
+)
+from ..models.lazy_weights import is_streamed
 from ..models.adapters import OUTPUT_PROJECTIONS
 from ..models.slicing import slice_model
 from ..models.spec import ArchSpec
@@ -25,6 +34,7 @@ from .slice import apply_weights, recorded_output
 
 NAME = "reform"
 SEARCH_WEIGHTS = "search/weights.safetensors"
+LAYER_WEIGHTS = "weights-{position:05d}.safetensors"  # a streamed source's fixes, one file per sculpted layer
 
 
 def _window_shape(ctx: StageContext) -> tuple[int, int]:
@@ -66,15 +76,24 @@ def run(ctx: StageContext) -> None:
         if reform.method == "bias" or reform.bias:  # the fitted intercepts need somewhere to live
             spec = with_output_biases(spec)
         loaded = ctx.source()
-        model = slice_model(loaded.model, spec)
-        if SEARCH_WEIGHTS in files:
-            apply_weights(model, load_file(ctx.artifact.path / SEARCH_WEIGHTS), SEARCH_WEIGHTS)
+        search_weights = load_file(ctx.artifact.path / SEARCH_WEIGHTS) if SEARCH_WEIGHTS in files else {}
         windows, provenance = ctx.calibration(*_window_shape(ctx))
         settings = ReformSettings(reform.method, reform.rho, reform.iterations, reform.sequential)
-        outcome = reform_sculpted(model, loaded.model, spec, windows, settings, ctx.recipe.data.batch_size,
-                                  ctx.progress)
+        if is_streamed(loaded.model):  # one dense and one sculpted layer in memory; each layer's fix saved at once
+            def save_layer(position: int, tensors: dict) -> None:
+                save_file({name: t.contiguous() for name, t in tensors.items()},
+                          st.dir / LAYER_WEIGHTS.format(position=position))
+
+            outcome = reform_streamed(loaded.model, spec, windows, settings, ctx.recipe.data.batch_size,
+                                      ctx.progress, search_weights, on_layer=save_layer)
+        else:
+            model = slice_model(loaded.model, spec)
+            if search_weights:
+                apply_weights(model, search_weights, SEARCH_WEIGHTS)
+            outcome = reform_sculpted(model, loaded.model, spec, windows, settings, ctx.recipe.data.batch_size,
+                                      ctx.progress)
+            save_file({name: t.contiguous() for name, t in outcome.tensors.items()}, st.dir / "weights.safetensors")
         (st.dir / "arch.json").write_text(spec.to_json() + "\n")
-        save_file({name: t.contiguous() for name, t in outcome.tensors.items()}, st.dir / "weights.safetensors")
         report = reform_report(outcome, settings, provenance)
         (st.dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         st.metrics.update(report)

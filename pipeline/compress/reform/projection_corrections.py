@@ -26,8 +26,14 @@ DEAD_INPUT = 1e-12  # inputs whose mean square is below this fraction of the ave
 
 def ridged(second_moment: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
     """G + lambda I with lambda = damping * mean(diag G) (float64): the ridge every least-squares solve here uses."""
-    g = second_moment.double()
-    return g + damping * g.diagonal().mean().clamp_min(1e-12) * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
+    return _ridge_in_place(second_moment.double().clone(), damping)
+
+
+def _ridge_in_place(g: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
+    """`ridged` overwriting `g` (float64): lambda added to the diagonal, the same numbers as G + lambda I without
+    an identity matrix and a sum beside G (at 7B, an MLP's G is 18944^2 float64, 2.9 GB each)."""
+    g.diagonal().add_(damping * g.diagonal().mean().clamp_min(1e-12))
+    return g
 
 
 def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor,
@@ -41,7 +47,8 @@ def kept_least_squares(cross_kept: torch.Tensor, second_moment: torch.Tensor, ke
                        damping: float = DAMPING) -> torch.Tensor:
     """The same refit from the cross moment (W G)[:, K] (out x |K|), for a caller that keeps W G."""
     # (G_KK + lambda I) W'^T = (W G[:, K])^T; the left side is symmetric positive definite: one Cholesky solve.
-    factor = torch.linalg.cholesky(ridged(second_moment[kept][:, kept], damping))
+    kept = torch.as_tensor(kept, dtype=torch.long)
+    factor = torch.linalg.cholesky(_ridge_in_place(second_moment.double()[kept[:, None], kept], damping))
     return torch.cholesky_solve(cross_kept.double().T, factor).T
 
 
@@ -92,10 +99,18 @@ def compensation_bias(weight: torch.Tensor, mean_input: torch.Tensor, kept: torc
     return weight.double()[:, removed] @ mean_input.double()[removed]
 
 
+def output_energy(weight: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
+    """E||W x||^2 from the moments: what `output_error` divides by (compute it once for several errors of W)."""
+    w = weight.double()
+    return torch.einsum("oi,ij,oj->", w, second_moment.double(), w)
+
+
 def output_error(weight: torch.Tensor, second_moment: torch.Tensor, new_weight: torch.Tensor,
                  kept: torch.Tensor, bias: torch.Tensor | None = None,
-                 mean_input: torch.Tensor | None = None) -> float:
-    """E||W' x_K + b - W x||^2 relative to E||W x||^2, from the moments alone (b needs E[x])."""
+                 mean_input: torch.Tensor | None = None, energy: torch.Tensor | None = None) -> float:
+    """E||W' x_K + b - W x||^2 relative to E||W x||^2, from the moments alone (b needs E[x]).
+
+    `energy`: `output_energy(weight, second_moment)` when already computed (at 7B each costs as much as a solve)."""
     w = weight.double()
     full = torch.zeros_like(w)
     full[:, kept] = new_weight.double()
@@ -107,7 +122,9 @@ def output_error(weight: torch.Tensor, second_moment: torch.Tensor, new_weight: 
             raise ValueError("the error of a layer with a bias needs the mean input")
         b = bias.double()
         error = error + 2 * b @ (delta @ mean_input.double()) + b @ b
-    return float(error / torch.einsum("oi,ij,oj->", w, g, w).clamp_min(1e-30))
+    if energy is None:
+        energy = output_energy(w, g)
+    return float(error / energy.clamp_min(1e-30))
 
 
 # ---- one interface for the reform stage --------------------------------------

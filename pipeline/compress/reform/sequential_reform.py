@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,10 +25,10 @@ from tqdm.auto import tqdm
 
 from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, capture_inputs
 from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, OUTPUT_PROJECTIONS, FamilyAdapter, adapter_for
-from pipeline.models.slicing import head_rows
+from pipeline.models.slicing import head_rows, sculpted_config, slice_layer
 from pipeline.models.spec import ArchSpec, LayerSpec
 
-from .projection_corrections import ADMM_ITERATIONS, ADMM_RHO, output_error, reform_columns
+from .projection_corrections import ADMM_ITERATIONS, ADMM_RHO, output_energy, output_error, reform_columns
 
 
 class _Stop(Exception):
@@ -129,39 +130,98 @@ def reform_sculpted(sculpted: nn.Module, dense: nn.Module, spec: ArchSpec, windo
     """
     adapter = adapter_for(dense.config)
     sculpted.to(adapter.embed_tokens(dense).weight.device)  # slice_model builds on the CPU
-    steps = [_Step(layer.source, pos, layer, pruned_inputs(layer, spec)) for pos, layer in enumerate(spec.layers)]
-    if settings.sequential:
-        stream = LayerStream(sculpted, adapter, windows, batch_size)
-    else:  # the dense stream passes every source layer, up to the last one with something to reform
-        stream = LayerStream(dense, adapter, windows, batch_size)
-        by_source = {step.dense_index: step for step in steps if step.kept}
-        steps = [by_source.get(i, _Step(i, None, None, {})) for i in range(max(by_source, default=-1) + 1)]
-    reformer = _Reformer(adapter, settings, sculpted, stream.tokens)
+    steps = _steps(spec, settings)
+    stream = LayerStream(sculpted if settings.sequential else dense, adapter, windows, batch_size)
+    reformer = _Reformer(adapter, settings, stream.tokens)
+    reformer.names = {id(p): n for n, p in sculpted.named_parameters()}
     dense_layers, layers = adapter.layers(dense), adapter.layers(sculpted)
     for step in tqdm(steps, desc=f"reform ({settings.method})", unit="layer", disable=not progress):
-        if settings.sequential:
-            work = _SequentialLayer(adapter, stream, dense_layers[step.dense_index], layers[step.position], step.spec)
-        else:
-            work = _OriginalLayer(adapter, stream, dense_layers[step.dense_index], step.kept)
-        for module in OUTPUT_PROJECTIONS:
-            started = time.perf_counter()
-            moments = work.collect(module, step.kept.get(module))
-            statistics_s = reformer.lap("statistics", started)
-            if moments is not None:
-                reformer.fix(dense_layers[step.dense_index], layers[step.position], module, moments, step,
-                             statistics_s)
-            started = time.perf_counter()
-            work.advance(module)
-            reformer.lap("stream", started)
+        layer = layers[step.position] if step.position is not None else None
+        _reform_step(adapter, stream, reformer, step, dense_layers[step.dense_index], layer, settings)
     return reformer.finish()
+
+
+@torch.no_grad()
+def reform_streamed(dense: nn.Module, spec: ArchSpec, windows: torch.Tensor, settings: ReformSettings,
+                    batch_size: int = 1, progress: bool = True, weights: dict[str, torch.Tensor] | None = None,
+                    on_layer: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> ReformOutcome:
+    """`reform_sculpted` without a whole sculpted model: for a dense model streamed from disk
+    (pipeline/models/lazy_weights.py), or any model too big to hold twice.
+
+    The stream starts from the dense embeddings (the sculpted model's are a copy); at each step the dense layer
+    is read, the sculpted layer sliced from it (`weights`, e.g. the search's fitted tensors, applied by name),
+    corrected, and both dropped, so one dense and one sculpted layer are in memory at a time. `on_layer(position,
+    tensors)` gets each layer's corrected tensors (then the outcome keeps none); without it the outcome keeps
+    them all, as `reform_sculpted` does. Same numbers as `reform_sculpted`: the same steps on the same inputs."""
+    adapter = adapter_for(dense.config)
+    config = sculpted_config(dense.config, spec)
+    steps = _steps(spec, settings)
+    stream = LayerStream(dense, adapter, windows, batch_size)
+    reformer = _Reformer(adapter, settings, stream.tokens)
+    dense_layers, weights = adapter.layers(dense), weights or {}
+    for step in tqdm(steps, desc=f"reform ({settings.method})", unit="layer", disable=not progress):
+        dense_layer, layer = dense_layers[step.dense_index], None
+        with stream.hold(dense_layer):
+            if step.position is not None:
+                layer = slice_layer(dense, spec, step.position, config).to(stream.hidden[0].device)
+                prefix = adapter.layer_prefix(step.position)
+                names = {name: f"{prefix}.{name}" for name, _ in layer.named_parameters()}
+                own = {local: weights[full] for local, full in names.items() if full in weights}
+                if own:
+                    _overwrite(layer, own, prefix)
+                reformer.names = {id(p): names[n] for n, p in layer.named_parameters()}
+            _reform_step(adapter, stream, reformer, step, dense_layer, layer, settings)
+        if on_layer is not None and step.position is not None:
+            tensors, reformer.outcome.tensors = reformer.outcome.tensors, {}
+            if tensors:
+                on_layer(step.position, tensors)
+        del layer
+    return reformer.finish()
+
+
+def _overwrite(layer: nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+    params = dict(layer.named_parameters())
+    for name, tensor in tensors.items():
+        if params[name].shape != tensor.shape:
+            raise ValueError(f"{prefix}.{name} has shape {tuple(tensor.shape)}, the sliced layer "
+                             f"{tuple(params[name].shape)}")
+        params[name].copy_(tensor)
+
+
+def _steps(spec: ArchSpec, settings: ReformSettings) -> list[_Step]:
+    """The layers the stream passes: every sculpted layer (sequential), or the dense layers up to the last one
+    with something to reform (on the dense model's activations)."""
+    steps = [_Step(layer.source, pos, layer, pruned_inputs(layer, spec)) for pos, layer in enumerate(spec.layers)]
+    if settings.sequential:
+        return steps
+    by_source = {step.dense_index: step for step in steps if step.kept}
+    return [by_source.get(i, _Step(i, None, None, {})) for i in range(max(by_source, default=-1) + 1)]
+
+
+def _reform_step(adapter: FamilyAdapter, stream: LayerStream, reformer: _Reformer, step: _Step,
+                 dense_layer: nn.Module, layer: nn.Module | None, settings: ReformSettings) -> None:
+    """Reform the projections of one step's layer and advance the stream past it."""
+    if settings.sequential:
+        work = _SequentialLayer(adapter, stream, dense_layer, layer, step.spec)
+    else:
+        work = _OriginalLayer(adapter, stream, dense_layer, step.kept)
+    for module in OUTPUT_PROJECTIONS:
+        started = time.perf_counter()
+        moments = work.collect(module, step.kept.get(module))
+        statistics_s = reformer.lap("statistics", started)
+        if moments is not None:
+            reformer.fix(dense_layer, layer, module, moments, step, statistics_s)
+        started = time.perf_counter()
+        work.advance(module)
+        reformer.lap("stream", started)
 
 
 class _Reformer:
     """Solves each projection, writes it into the sculpted model, and keeps the books."""
 
-    def __init__(self, adapter: FamilyAdapter, settings: ReformSettings, sculpted: nn.Module, tokens: int) -> None:
+    def __init__(self, adapter: FamilyAdapter, settings: ReformSettings, tokens: int) -> None:
         self.adapter, self.settings = adapter, settings
-        self.names = {id(p): n for n, p in sculpted.named_parameters()}
+        self.names: dict[int, str] = {}  # id of a sculpted parameter -> its name in the sculpted model
         self.outcome = ReformOutcome(tokens=tokens)
         self.seconds = {"statistics": 0.0, "solve": 0.0, "stream": 0.0}
         self.began = time.perf_counter()
@@ -176,7 +236,8 @@ class _Reformer:
         started, kept, settings = time.perf_counter(), step.kept[module], self.settings
         original = self.adapter.output_projection(dense_layer, module)
         weight = original.weight.detach().double().cpu()
-        second, mean = moments.mean().cpu(), moments.input_mean().cpu()
+        # the accumulator gives up its storage: one in x in float64 matrix (2.9 GB for a 7B MLP), not two
+        second, mean = moments.take_mean().cpu(), moments.input_mean().cpu()
         target = self.adapter.output_projection(layer, module)
         # a bias the dense projection lacks is a method's compensation (FLAP's): refit it with the weights
         compensated = target.bias is not None and original.bias is None
@@ -189,10 +250,11 @@ class _Reformer:
                                  "the model from with_output_biases(spec)")
             own = original.bias.detach().double().cpu() if original.bias is not None else 0.0
             self._store(target.bias, own + fix.bias)
+        energy = output_energy(weight, second)
         report = ProjectionReport(
             step.position, step.dense_index, module, weight.shape[1], len(kept),
-            error_before=output_error(weight, second, weight[:, kept], kept),
-            error_after=output_error(weight, second, fix.weight, kept, fix.bias, mean),
+            error_before=output_error(weight, second, weight[:, kept], kept, energy=energy),
+            error_after=output_error(weight, second, fix.weight, kept, fix.bias, mean, energy=energy),
             statistics_s=round(statistics_s, 3), solve_s=round(self.lap("solve", started), 3))
         self.outcome.reports.append(report)
 
