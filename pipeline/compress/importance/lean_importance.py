@@ -5,8 +5,8 @@ functions; what differs is only how the statistics are held. At 7B an MLP down p
 second moment is 18944^2 float64 (2.9 GB): `layer_importance` keeps the accumulator, its mean, the
 Hessian, the identity it adds and the inverse alive together (about 17 GB); here each second moment
 is taken out of its accumulator, turned into the damped Hessian in place, factorised and dropped, so
-at most the Cholesky factor and the inverse (two matrices) exist at once, and only the inverse's
-diagonal is kept.
+at most two such matrices exist at once (the Hessian and its Cholesky factor, then the factor and the
+inverse), and only the inverse's diagonal is kept.
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.compress.calibration.layer_stream import LayerStream, gram_of_inputs
+from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, gram_of_inputs
 from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
 
 from .obs_importance import DAMPING, LayerImportance, attention_scores, mlp_scores
 
 
-def inverse_hessian_diag_in_place(second_moment: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
-    """obs_importance.inverse_hessian_diag, overwriting `second_moment` (float64, which the caller gives up)."""
-    if second_moment.dtype != torch.float64:
-        raise ValueError(f"the second moment must be float64 to be used in place, got {second_moment.dtype}")
-    hessian = second_moment.mul_(2)
+def inverse_hessian_diag_in_place(statistics: GramAccumulator, damping: float = DAMPING) -> torch.Tensor:
+    """obs_importance.inverse_hessian_diag of `statistics.mean()`, made in the accumulator's own storage, which it
+    gives up (`take_mean`). It takes the accumulator, not the matrix, so that no caller's reference keeps the
+    matrix alive beside the Cholesky factor."""
+    hessian = statistics.take_mean().mul_(2)
     # hessian + lambda * I adds lambda to the diagonal and 0 elsewhere: the same numbers, no identity matrix
     hessian.diagonal().add_(damping * hessian.diagonal().mean().clamp_min(1e-12))
     factor = torch.linalg.cholesky(hessian)
-    del hessian, second_moment
+    del hessian
     return torch.cholesky_inverse(factor).diagonal().clone()
 
 
@@ -44,7 +44,7 @@ def lean_layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, 
                   "mlp_input": adapter.mlp_input(layer), MLP_OUTPUT: adapter.mlp_linears(layer).down}
         with gram_of_inputs(inputs) as grams:
             outputs = stream.run(layer)  # a streamed layer stays in memory until advance
-        inv = {name: inverse_hessian_diag_in_place(grams.pop(name).take_mean()) for name in list(grams)}
+        inv = {name: inverse_hessian_diag_in_place(grams.pop(name)) for name in list(grams)}
         q, k, v, o = adapter.attention_linears(layer)
         gate, up, down = adapter.mlp_linears(layer)
         q_heads, kv_groups = attention_scores(q.weight, k.weight, v.weight, o.weight, inv["attention_input"],
