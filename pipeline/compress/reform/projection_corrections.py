@@ -75,15 +75,21 @@ def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.T
     g = second_moment.double()
     diagonal = g.diagonal()
     scale = diagonal.clamp_min(DEAD_INPUT * diagonal.mean().clamp_min(1e-30)).sqrt()
-    g = g / scale[:, None] / scale[None, :]
+    g = (g / scale[:, None]).div_(scale[None, :])  # one copy of G (the caller's is left as it is)
     w_t = (weight.double() * scale).T  # (in, out): W X = (W D)(D^-1 X)
     keep = torch.zeros(g.shape[0], 1, dtype=g.dtype)
     keep[kept] = 1.0
     # One factorisation for all iterations: W^{k+1} = A (G W^T) + rho A (Z - U), A = (G + rho I)^-1.
-    system = torch.linalg.cholesky(g + rho * torch.eye(g.shape[0], dtype=g.dtype))
+    # Built in place (G + rho I is G with rho added to its diagonal), so that at most three in x in matrices
+    # exist at once (the caller's G, the scaled one, its factor): at 7B each is 18944^2 float64, 2.9 GB.
+    target = g @ w_t
+    g.diagonal().add_(rho)
+    system = torch.linalg.cholesky(g)
+    del g
     inverse = torch.cholesky_inverse(system)
-    fixed = inverse @ (g @ w_t)
-    step = rho * inverse
+    del system
+    fixed = inverse @ target
+    step = inverse.mul_(rho)
     z, u = w_t, torch.zeros_like(w_t)
     for _ in range(iterations):
         w_hat = fixed + step @ (z - u)
