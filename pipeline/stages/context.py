@@ -33,7 +33,12 @@ class StageContext:
         return resolve_data_dir(self.recipe.data.data_dir)
 
     def source(self) -> LoadedModel:
-        """The dense source model (loaded once per run)."""
+        """The dense source model (loaded once per run).
+
+        A safetensors checkpoint bigger than a quarter of this machine's memory comes as a streamed skeleton
+        (models/lazy_weights.py: weights on the meta device, read layer by layer; `is_streamed(model)` tells).
+        Search (uniform, proportional split), reform and slice stream it; export and validate still need the
+        whole model (docs/scale.md)."""
         if self._source is None:
             section = self.recipe.model
             self._source = load_model(section.source, dtype=section.dtype, device=section.device)
