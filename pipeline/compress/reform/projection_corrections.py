@@ -14,11 +14,13 @@ and the mean E[x] of the inputs from calibration data. Pure math, float64.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 DAMPING = 1e-6  # relative ridge on G_KK: keeps the solve well posed when kept inputs are collinear
+RIDGE_RETRIES = 4  # 10x the ridge each time G_KK + ridge is still not positive definite (up to 1e-2)
 ADMM_RHO = 1.0  # the paper's penalty; relative to the unit-diagonal (Jacobi-scaled) G, see `admm_reform`
 ADMM_ITERATIONS = 30  # the paper's count ("converges within 20-30, 50 is no better")
 DEAD_INPUT = 1e-12  # inputs whose mean square is below this fraction of the average count as always zero
@@ -48,8 +50,22 @@ def kept_least_squares(cross_kept: torch.Tensor, second_moment: torch.Tensor, ke
     """The same refit from the cross moment (W G)[:, K] (out x |K|), for a caller that keeps W G."""
     # (G_KK + lambda I) W'^T = (W G[:, K])^T; the left side is symmetric positive definite: one Cholesky solve.
     kept = torch.as_tensor(kept, dtype=torch.long)
-    factor = torch.linalg.cholesky(_ridge_in_place(second_moment.double()[kept[:, None], kept], damping))
-    return torch.cholesky_solve(cross_kept.double().T, factor).T
+    return torch.cholesky_solve(cross_kept.double().T, _kept_factor(second_moment, kept, damping)).T
+
+
+def _kept_factor(second_moment: torch.Tensor, kept: torch.Tensor, damping: float) -> torch.Tensor:
+    """The Cholesky factor of G_KK + lambda I; with 10x the ridge, up to RIDGE_RETRIES times, where rounding
+    leaves it indefinite: G is rank-deficient when the calibration has fewer tokens than inputs (1,024 tokens
+    for a 7B MLP's 18,944), and its float32 window products are then off by more than the 1e-6 ridge."""
+    for _ in range(RIDGE_RETRIES + 1):
+        factor, info = torch.linalg.cholesky_ex(_ridge_in_place(second_moment.double()[kept[:, None], kept], damping))
+        if int(info) == 0:
+            return factor
+        warnings.warn(f"G_KK + {damping:g} * mean(diag) * I is not positive definite (rank-deficient second moment: "
+                      f"fewer calibration tokens than inputs?); retrying with {damping * 10:g}", stacklevel=3)
+        damping *= 10
+    raise ValueError(f"the kept inputs' second moment is not positive definite even with a ridge of {damping / 10:g} "
+                     "x its mean diagonal: use more calibration tokens (reform.samples, reform.seqlen)")
 
 
 def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO,
