@@ -113,6 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--presets", default="", help="comma list of presets to add as configurations (quality, fast)")
     parser.add_argument("--no-latency", action="store_true", help="skip the latency measurements (a perplexity "
                                                                    "screen)")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense model's row (on the whole split, "
+                                                                 "20 minutes on a CPU core): for runs side by side, "
+                                                                 "one of which measures it")
     parser.add_argument("--export-json", default=None, help="merge the perplexities into this machine-readable "
                                                             "board (e.g. docs/results/leaderboard.json)")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
@@ -293,7 +296,7 @@ def main(argv=None) -> int:
     # The dense model timed next to every sculpted one lives on the latency device.
     timed_dense = dense if torch.device(args.device) == torch.device(args.latency_device) else \
         copy.deepcopy(dense).to(args.latency_device)
-    if "dense" not in results["entries"]:
+    if "dense" not in results["entries"] and not args.no_dense:
         print("> dense: perplexity and latency", file=sys.stderr)
         results["entries"]["dense"] = {"config": "dense", "ratio": 1.0,
                                        **dense_entry(args, dense, timed_dense, loaded.tokenizer)}

@@ -86,3 +86,10 @@ def test_a_reform_with_bias_is_its_own_row_and_recipe():
     assert configs[1]["overrides"] == {"preset": "fast", "reform.method": "admm", "reform.bias": True}
     with pytest.raises(SystemExit, match="unknown reform 'admm\\+foo'"):
         leaderboard.reform_overrides("admm+foo")
+
+
+def test_no_dense_leaves_the_dense_row_to_another_run(board):
+    out, args = board
+    assert leaderboard.main(args + ["--methods", "shortgpt", "--ratios", "0.8", "--no-latency", "--no-dense"]) == 0
+    results = json.loads((out / "results.json").read_text())["entries"]
+    assert "dense" not in results and results["shortgpt@0.8"]["status"] == "done"
