@@ -51,6 +51,9 @@ class MethodContext:
     # builds where a search's candidates are scored, from a search/executor.py ScoringJob: None scores them here
     # (LocalExecutor); the search stage passes the recipe's `search.executor` (e.g. a pool of Ray actors)
     executor: Callable[[Any], Any] | None = None
+    # (count, length) -> windows of the calibration split drawn apart from `calibration` (another seed), for a
+    # method's held-out check at another length (the search stage supplies it; None where nothing does)
+    held_out: Callable[[int, int], torch.Tensor] | None = None
 
 
 @dataclass

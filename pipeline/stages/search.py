@@ -9,10 +9,14 @@ pool of Ray actors (ray_executor.py) instead of here.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from safetensors.torch import save_file
 
 from ..compress import MethodContext, get_method, parse_options
 from ..compress.search.executor import ExecutorFactory
+from ..data import calibration_windows, load_corpus
 from ..models.adapters import adapter_for
 from ..models.spec import decoder_parameters, decoder_ratio, dense_decoder_parameters, total_parameters
 from ..paths import cache_root, cpu_name
@@ -44,6 +48,15 @@ def executor_factory(ctx: StageContext) -> ExecutorFactory | None:
     return ray_executor_factory(PoolShape(search.actors, search.cpus_per_actor, ctx.recipe.model.device))
 
 
+def held_out_windows(ctx: StageContext) -> Callable[[int, int], torch.Tensor]:
+    """(count, length) -> windows of the calibration split drawn with the next seed: apart from the calibration
+    windows (random positions of the same split may overlap a little), for a method's held-out check."""
+    def draw(count: int, length: int) -> torch.Tensor:
+        corpus = load_corpus(ctx.recipe.data.calibration, "calibration", ctx.data_dir)
+        return calibration_windows(ctx.source().tokenizer, corpus, count, length, ctx.recipe.seed + 1)
+    return draw
+
+
 def run(ctx: StageContext) -> None:
     search = ctx.recipe.search
     method = get_method(search.method)
@@ -57,7 +70,7 @@ def run(ctx: StageContext) -> None:
             model=loaded.model, tokenizer=loaded.tokenizer, adapter=adapter, base=adapter.dims(loaded.model.config),
             calibration=windows, seed=ctx.recipe.seed, progress=ctx.progress, outputs=FolderStore(st.dir),
             state=FolderStore(ctx.resume_dir(NAME)), cache=FolderStore(cache_root()), machine=cpu_name(),
-            batch_size=ctx.recipe.data.batch_size, executor=executor,
+            batch_size=ctx.recipe.data.batch_size, executor=executor, held_out=held_out_windows(ctx),
         )
         result = method.run(method_ctx, search.ratio, method_options)
         for chart in result.convergence:

@@ -49,7 +49,7 @@ from .seeds import FlapScores, allocated_genomes, flap_genome, make_budget, seed
           "widths, skipped sublayers and depth, in a parameter and optional measured-latency budget", EvolutionOptions)
 def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -> MethodResult:
     windows = fitness_windows(ctx.calibration, options)
-    final = final_windows(ctx.calibration, options)
+    final = final_windows(ctx.calibration, options, ctx.held_out)
     calibration_hash = hashlib.sha256(ctx.calibration.numpy().tobytes()).hexdigest()[:24]
     inputs = _importance(
         ctx, calibration_hash,
@@ -106,7 +106,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
 
 
 # Options that do not change a track's search, so its checkpoint resumes whatever they are.
-AFTER_THE_SEARCH = {"skip_free_track", "final_choice", "final_candidates", "final_windows"}
+AFTER_THE_SEARCH = {"skip_free_track", "final_choice", "final_candidates", "final_windows", "final_seqlen"}
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Each finalist (every track's best parents and its best seeds of each kind) is sliced, reformed with the
 reform stage's default sequential ADMM on the calibration windows before the last `final_windows`, and scored
-on those last windows, which neither the fitness nor the reform saw.
+on those last windows, which neither the fitness nor the reform saw; or, with `final_seqlen`, reformed on every
+calibration window and scored on longer windows drawn apart from them (`final_windows` above).
 """
 
 from __future__ import annotations
@@ -73,12 +74,21 @@ def reformed_model(model: torch.nn.Module, spec: ArchSpec, fit: torch.Tensor, ba
     return sculpted
 
 
-def final_windows(calibration: torch.Tensor,
-                  options: EvolutionOptions) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """For the reformed final choice, the windows the finalists are reformed on and the last `final_windows`
-    (whole) they are scored on; None without one."""
+def final_windows(calibration: torch.Tensor, options: EvolutionOptions,
+                  held_out: Callable[[int, int], torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """For the reformed final choice, the windows the finalists are reformed on and the windows they are scored
+    on: with `final_seqlen`, every calibration window and `final_windows` windows of that length from `held_out`;
+    else the calibration windows before the last `final_windows` (whole) and those last ones. None without a
+    reformed final choice."""
     if options.final_choice != "reformed":
         return None
+    if options.final_seqlen:
+        if held_out is None:
+            raise SculptError("final_seqlen scores the finalists on windows drawn apart from the calibration, which "
+                              "only the search stage supplies: run the method through `sculpt run`/`sculpt search`, "
+                              "or set final_seqlen to 0")
+        return calibration, held_out(options.final_windows, options.final_seqlen)
     count = calibration.shape[0]
     if options.fitness_windows + options.final_windows > count:
         raise SculptError(f"the reformed final choice scores the finalists on the last {options.final_windows} "

@@ -91,6 +91,11 @@ class EvolutionOptions(MethodOptions):
     final_choice: Literal["fitness", "reformed"] = "fitness"
     final_candidates: int = Field(3, ge=1)
     final_windows: int = Field(8, ge=1)
+    # > 0: the finalists are reformed on every calibration window (as the reform stage will) and scored on
+    # `final_windows` windows of this many tokens drawn from the calibration split with another seed. Scored at
+    # the evaluation length (2048) the finalists rank as on the test text; 8 short held-out windows did not
+    # (docs/search.md). 0: the last `final_windows` calibration windows, held out of the fit.
+    final_seqlen: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _fits(self) -> "EvolutionOptions":

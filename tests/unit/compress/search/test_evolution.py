@@ -409,3 +409,23 @@ def test_the_flap_seed_is_the_model_flap_keeps_and_reaches_the_final_choice(tmp_
                         lambda *args, **kwargs: passes.append(1) or importance(*args, **kwargs))
     again = run_evolution(ctx, 0.7, options)
     assert again.spec.to_dict() == result.spec.to_dict() and not passes
+
+
+def test_final_seqlen_reforms_on_every_calibration_window_and_scores_longer_held_out_windows(tmp_path):
+    ctx = _context(tmp_path, "long")
+    drawn = []
+
+    def held_out(count, length):
+        drawn.append((count, length))
+        return torch.randint(3, 100, (count, length), generator=torch.Generator().manual_seed(2))
+
+    ctx.held_out = held_out
+    result = run_evolution(ctx, 0.7, TRACKS.model_copy(update={"final_seqlen": 48}))
+    assert drawn == [(2, 48)] and result.metrics["final_windows"] == [2, 48]
+    chosen = [row for row in result.metrics["final_choice"] if row["chosen"]][0]
+    reformed = reformed_perplexity(ctx.model, result.spec, ctx.calibration, held_out(2, 48))  # fit on all windows
+    assert reformed == pytest.approx(chosen["reformed_ppl"], rel=1e-5)
+    from pipeline.errors import SculptError
+
+    with pytest.raises(SculptError, match="only the search stage supplies"):
+        run_evolution(_context(tmp_path, "alone"), 0.7, TRACKS.model_copy(update={"final_seqlen": 48}))
