@@ -19,7 +19,6 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from pipeline.compress.calibration.calibration_perplexity import calibration_perplexity
-from pipeline.compress.importance.lean_importance import lean_layer_importance
 from pipeline.compress.importance.obs_importance import LayerImportance, layer_importance
 from pipeline.compress.registry import MethodContext, MethodOptions, MethodResult, register
 from pipeline.errors import SculptError
@@ -116,9 +115,7 @@ def run_uniform(ctx: MethodContext, ratio: float, options: UniformOptions) -> Me
                 "the uniform method's calibrated split scores every attention shape on a whole sliced model, which "
                 "a source streamed from disk (a model larger than a quarter of memory) cannot hold: set "
                 "search.options.split: proportional, or load the model in memory (SCULPT_STREAM_WEIGHTS=never)")
-        importance = lean_layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress)
-    else:
-        importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress)
+    importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress)
     notes = {"method": "uniform", "split": options.split, "mlp_multiple": options.mlp_multiple}
     if options.split == "proportional":
         return MethodResult(spec=uniform_spec(ctx.base, importance, *candidates[0], notes))
