@@ -17,6 +17,7 @@ import torch
 
 from ..errors import SculptError
 from ..paths import cache_root, sha256_file
+from .text_tower import text_tower_checkpoint
 from .lazy_weights import STREAM_ENV, load_skeleton, stream_source
 
 DEFAULT_MODEL = "default"
@@ -87,6 +88,7 @@ def load_model(ref: str | None = None, dtype: str = "float32", device: str = "cp
         directory = Path(source["path"])
     else:
         directory = _hub_snapshot(source)
+    directory = text_tower_checkpoint(directory)  # a multimodal gemma3: its gemma3_text tower, written once
     try:
         from transformers import AutoConfig
 
@@ -126,18 +128,21 @@ def _hub_snapshot(source: dict[str, Any]) -> Path:
 
 def _dequantised_copy(gguf: Path, sha256: str) -> Path:
     """A safetensors copy of a GGUF model, made once per file hash (dequantising takes ~20 s)."""
-    target = cache_root() / "gguf" / f"{gguf.stem}-{sha256[:16]}"
+    # v2: the config carries the metadata transformers' GGUF loader drops (copies made before were without it)
+    target = cache_root() / "gguf" / f"{gguf.stem}-{sha256[:16]}-v2"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .adapters import adapter_for
+    from .adapters import adapter_for, gguf_config_fixes
     from .families import SUPPORTED_FAMILIES
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = gguf_config_fixes(gguf, AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name))
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
+                                                     dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except (ValueError, OSError, KeyError) as err:
+    except (ValueError, OSError, KeyError, RuntimeError, NotImplementedError) as err:
         raise SculptError(f"cannot load {gguf} as a GGUF model ({err}); pass a GGUF of a {'/'.join(SUPPORTED_FAMILIES)} "
                           "model (transformers' GGUF loader reads each)") from None
     adapter_for(model.config)

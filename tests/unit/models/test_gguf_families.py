@@ -166,3 +166,17 @@ def test_families_without_dropped_keys_keep_the_loaders_config(tmp_path):
     config = AutoConfig.from_pretrained(tmp_path, gguf_file=path.name)
     before = config.to_dict()
     assert gguf_config_fixes(path, config) is config and config.to_dict() == before
+
+
+@pytest.mark.parametrize("family", sorted(DROPPED))
+def test_load_model_sets_what_the_gguf_loader_drops(family, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCULPT_CACHE_DIR", str(tmp_path / "cache"))
+    source = tiny_model(family, seed=3, **{**SOURCE_OVERRIDES.get(family, {}), **DROPPED[family]})
+    path = tmp_path / f"tiny-{family}.gguf"
+    write_gguf(source, path, ARCHITECTURES[family], name=f"tiny {family}")
+    loaded = load_model(str(path))
+    for key in DROPPED[family]:
+        assert getattr(loaded.model.config, key) == getattr(source.config, key)
+    ids = torch.randint(4, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (loaded.model(ids).logits - source(ids).logits).abs().max().item() <= 1e-5

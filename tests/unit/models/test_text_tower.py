@@ -88,6 +88,17 @@ def test_the_tower_loads_through_load_model_as_a_supported_family(multimodal, tm
     assert loaded.tokenizer("hello")["input_ids"]
 
 
+def test_load_model_takes_a_multimodal_directory_as_its_text_tower(multimodal, tmp_path, monkeypatch):
+    from pipeline.models.loading import load_model
+
+    monkeypatch.setenv("SCULPT_CACHE_DIR", str(tmp_path / "cache"))
+    model, source = multimodal
+    loaded = load_model(str(source))  # the multimodal checkpoint itself, as `--model DIR` gives it
+    assert loaded.model.config.model_type == "gemma3_text"
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(IDS).logits, wrapper_logits(model), atol=1e-5, rtol=0)
+
+
 def test_the_tower_is_made_once_and_again_when_the_source_changes(multimodal, tmp_path):
     source = multimodal[1]
     first = text_tower_checkpoint(source, cache=tmp_path)
