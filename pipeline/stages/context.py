@@ -13,6 +13,8 @@ import torch
 
 from ..artifacts import Artifact
 from ..data import calibration_windows, load_corpus, resolve_data_dir
+from ..errors import SculptError
+from ..models.lazy_weights import STREAM_ENV, is_streamed
 from ..models.loading import LoadedModel, load_model
 from ..recipe import Recipe
 
@@ -43,6 +45,16 @@ class StageContext:
             section = self.recipe.model
             self._source = load_model(section.source, dtype=section.dtype, device=section.device)
         return self._source
+
+    def whole_source(self, stage: str) -> LoadedModel:
+        """The source for a stage that runs or traces the whole model: a streamed skeleton stops it with one line."""
+        loaded = self.source()
+        if is_streamed(loaded.model):
+            raise SculptError(
+                f"the {stage} stage runs the whole source model, and {self.recipe.model.source or 'the model'} is "
+                f"streamed from disk (bigger than a quarter of this machine's memory, docs/scale.md): run {stage} "
+                f"on a machine that holds it, or load it whole with {STREAM_ENV}=never")
+        return loaded
 
     def calibration(self, samples: int | None = None,
                     seqlen: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -61,7 +61,7 @@ def run(ctx: StageContext) -> None:
         st.metrics.update(export_checked(model.to(device).eval(), st.dir, **settings))
         if section.include_source:
             ctx.say("  and the dense source model")
-            st.metrics["source"] = export_checked(ctx.source().model, st.dir / "source", **settings)
+            st.metrics["source"] = export_checked(ctx.whole_source(NAME).model, st.dir / "source", **settings)
 
 
 def export_checked(model: nn.Module, directory: Path, precision: str = "fp32", opset: int = 18,

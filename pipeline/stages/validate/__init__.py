@@ -167,7 +167,7 @@ def measure_all(ctx: StageContext) -> dict:
     source = measure_source(ctx, ids, work) if section.compare_source else None
     speed = None
     if work.latency:
-        timed = {f"{SOURCE}/torch": TorchRunner(ctx.source().model)} if source else {}
+        timed = {f"{SOURCE}/torch": TorchRunner(ctx.whole_source(NAME).model)} if source else {}
         timed.update({f"{SCULPTED}/{name}": runner for name, runner in runners.items()})  # sculpted/torch second
         samples = time_side_by_side(timed, work, ctx.say)
         for label, runner_samples in samples.items():
@@ -201,7 +201,7 @@ def measure_source(ctx: StageContext, ids, work: Workload) -> dict:
         ctx.say(f"  source: perplexity, parameters and size from the cache ({cached['cache']['file']})")
         measured = cached
     else:
-        loaded = ctx.source()
+        loaded = ctx.whole_source(NAME)
         runner = TorchRunner(loaded.model)
         without_memory = replace(work, memory=False)  # measured below, on every run
         measured = {"params": parameter_count(loaded.model), "checkpoint_bytes": weights_bytes(loaded.checkpoint_dir),
