@@ -10,6 +10,9 @@ import json
 import os
 import platform
 import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,23 @@ def cache_root() -> Path:
     if explicit:
         return Path(explicit)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-sculpt"
+
+
+def write_directory_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, a cache directory of files, written once: `write(staging)` fills a `.tmp-*` directory beside it,
+    which is then renamed to `target`, so a reader never sees half of one. A failure removes the staging directory;
+    when another process finished `target` meanwhile, its copy is used. `config.json` marks a finished one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        write(staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> None:

@@ -7,8 +7,6 @@ The default model is SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import SculptError
-from ..paths import cache_root, sha256_file
+from ..paths import cache_root, sha256_file, write_directory_once
 from .text_tower import text_tower_checkpoint
 from .lazy_weights import STREAM_ENV, load_skeleton, stream_source
 
@@ -150,14 +148,9 @@ def _dequantised_copy(gguf: Path, sha256: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.rename(target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race
-            raise
-    return target
+
+    return write_directory_once(target, write)

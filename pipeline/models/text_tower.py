@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import SculptError
-from ..paths import cache_root, sha256_file
+from ..paths import cache_root, sha256_file, write_directory_once
 from .families import FAMILIES, TEXT_TOWERS, TextTower
 
 INDEX = "model.safetensors.index.json"
@@ -53,16 +52,7 @@ def text_tower_checkpoint(directory: str | Path, cache: str | Path | None = None
     target = target / f"{directory.resolve().name}-{key[:16]}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        _write_tower(directory, tower, weights, staging)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race
-            raise
-    return target
+    return write_directory_once(target, lambda staging: _write_tower(directory, tower, weights, staging))
 
 
 def _weight_files(directory: Path) -> list[Path]:

@@ -50,3 +50,17 @@ def test_sha256_file(tmp_path: Path):
 
 def test_cpu_name_is_a_name():
     assert isinstance(paths.cpu_name(), str) and paths.cpu_name().strip()
+
+
+def test_a_cache_directory_is_written_whole_or_not_at_all(tmp_path):
+    from pipeline.paths import write_directory_once
+
+    def broken(staging):
+        (staging / "config.json").write_text("{}")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_directory_once(tmp_path / "cache" / "model", broken)
+    assert not list((tmp_path / "cache").iterdir())  # no half-written target, no staging left behind
+    made = write_directory_once(tmp_path / "cache" / "model", lambda staging: (staging / "config.json").write_text("{}"))
+    assert made == tmp_path / "cache" / "model" and [p.name for p in (tmp_path / "cache").iterdir()] == ["model"]
