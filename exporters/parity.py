@@ -40,7 +40,7 @@ class ParityReport:
     def as_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
-    def require(self) -> "ParityReport":
+    def require(self) -> ParityReport:
         if not self.passed:
             raise SculptError(
                 f"the {self.precision} ONNX export disagrees with PyTorch: max |Δlogits| "
@@ -50,24 +50,37 @@ class ParityReport:
         return self
 
 
-@torch.no_grad()
-def check_parity(model: torch.nn.Module, runner: DecodingRunner, precision: str, batch: int = 2,
-                 prompt_len: int = 16, greedy_tokens: int = 32, seed: int = 0) -> ParityReport:
-    """Compare `runner` (a backend running the export of `model`) with `model` itself (same dtype)."""
-    reference = TorchRunner(model)
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (batch, prompt_len), generator=torch.Generator().manual_seed(seed))
-    expected = reference.logits(ids)
-    exported = runner.logits(ids)
-    prompt_delta = (exported - expected).abs().max().item()
-    scale = expected.abs().max().item()
+@dataclass(frozen=True)
+class ParityReference:
+    """What the PyTorch model answers to the parity check's questions, kept so the model can be dropped before
+    the exported graph is opened (a big model is never in memory twice)."""
 
+    ids: torch.Tensor  # the prompts [batch, prompt_len]
+    logits: torch.Tensor  # their logits
+    greedy: torch.Tensor  # [1, greedy_tokens, vocab]: each greedy step's logits through the KV cache, first prompt
+
+
+@torch.no_grad()
+def parity_reference(model: torch.nn.Module, batch: int = 2, prompt_len: int = 16, greedy_tokens: int = 32,
+                     seed: int = 0) -> ParityReference:
+    """The reference answers of `model` (in the dtype the graph was exported in) on seeded random prompts."""
+    reference = TorchRunner(model)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len),
+                        generator=torch.Generator().manual_seed(seed))
+    return ParityReference(ids=ids, logits=reference.logits(ids), greedy=reference.greedy_logits(ids[:1], greedy_tokens))
+
+
+@torch.no_grad()
+def compare_parity(reference: ParityReference, runner: DecodingRunner, precision: str) -> ParityReport:
+    """Compare `runner` (a backend running the export) with the reference answers of the model it came from."""
+    prompt_delta = (runner.logits(reference.ids) - reference.logits).abs().max().item()
+    scale = reference.logits.abs().max().item()
     # Greedy through the KV cache on both sides, one prompt; logits compared while the paths agree
     # (each side feeds back its own token, so the paths are the same until the first different token).
-    torch_steps = reference.greedy_logits(ids[:1], greedy_tokens)
-    runner_steps = runner.greedy_logits(ids[:1], greedy_tokens)
+    greedy_tokens = reference.greedy.shape[1]
+    runner_steps = runner.greedy_logits(reference.ids[:1], greedy_tokens)
     match, decode_delta = 0, 0.0
-    for torch_logits, runner_logits in zip(torch_steps.unbind(1), runner_steps.unbind(1)):
+    for torch_logits, runner_logits in zip(reference.greedy.unbind(1), runner_steps.unbind(1)):
         decode_delta = max(decode_delta, (runner_logits - torch_logits).abs().max().item())
         if not torch.equal(torch_logits.argmax(-1), runner_logits.argmax(-1)):
             break
@@ -75,3 +88,9 @@ def check_parity(model: torch.nn.Module, runner: DecodingRunner, precision: str,
     tolerance = TOLERANCE[precision] * max(1.0, scale)
     return ParityReport(precision=precision, max_abs_logits=prompt_delta, max_abs_logits_decode=decode_delta,
                         logit_scale=scale, tolerance=tolerance, greedy_tokens=greedy_tokens, greedy_match=match)
+
+
+def check_parity(model: torch.nn.Module, runner: DecodingRunner, precision: str, batch: int = 2,
+                 prompt_len: int = 16, greedy_tokens: int = 32, seed: int = 0) -> ParityReport:
+    """Compare `runner` (a backend running the export of `model`) with `model` itself (same dtype)."""
+    return compare_parity(parity_reference(model, batch, prompt_len, greedy_tokens, seed), runner, precision)

@@ -14,8 +14,8 @@ import torch
 from ..artifacts import Artifact
 from ..data import calibration_windows, load_corpus, resolve_data_dir
 from ..errors import SculptError
-from ..models.lazy_weights import STREAM_ENV, is_streamed
-from ..models.loading import LoadedModel, load_model
+from ..models.lazy_weights import STREAM_ENV, is_streamed, stream_source
+from ..models.loading import DTYPES, LoadedModel, load_model
 from ..recipe import Recipe
 
 
@@ -39,21 +39,22 @@ class StageContext:
 
         A safetensors checkpoint bigger than a quarter of this machine's memory comes as a streamed skeleton
         (models/lazy_weights.py: weights on the meta device, read layer by layer; `is_streamed(model)` tells).
-        Search (uniform, proportional split), reform and slice stream it; export and validate still need the
-        whole model (docs/scale.md)."""
+        Search (uniform, proportional split), reform, slice, export and validate stream it or never read it; what
+        still needs the whole source asks for it through `whole_source` (docs/scale.md)."""
         if self._source is None:
             section = self.recipe.model
             self._source = load_model(section.source, dtype=section.dtype, device=section.device)
         return self._source
 
-    def whole_source(self, stage: str) -> LoadedModel:
-        """The source for a stage that runs or traces the whole model: a streamed skeleton stops it with one line."""
+    def whole_source(self, stage: str, what: str) -> LoadedModel:
+        """The source for what must run or trace the whole dense model (`what`, e.g. "exports the whole dense
+        source (export.include_source)"): a streamed skeleton stops it with one line."""
         loaded = self.source()
         if is_streamed(loaded.model):
             raise SculptError(
-                f"the {stage} stage runs the whole source model, and {self.recipe.model.source or 'the model'} is "
-                f"streamed from disk (bigger than a quarter of this machine's memory, docs/scale.md): run {stage} "
-                f"on a machine that holds it, or load it whole with {STREAM_ENV}=never")
+                f"the {stage} stage {what}, and {self.recipe.model.source or 'the model'} is streamed from disk "
+                f"(bigger than a quarter of this machine's memory, docs/scale.md): turn that off, run {stage} on a "
+                f"machine that holds the model, or load it whole with {STREAM_ENV}=never")
         return loaded
 
     def calibration(self, samples: int | None = None,
@@ -97,3 +98,14 @@ class StageContext:
 
 
 RESUME_DIR = ".resume"
+
+
+def whole_model_problem(checkpoint: Path, dtype: str) -> str | None:
+    """Why the sliced checkpoint in `checkpoint` should not be held whole beside a second copy (an ONNX Runtime
+    session, another backend), or None: the rule that streams a source (its weights in `dtype` take more than a
+    quarter of this machine's memory, or SCULPT_STREAM_WEIGHTS=always). Export and validate then hold one model
+    at a time, and leave ONNX Runtime out: on a CPU it holds about twice an fp16 graph's weights."""
+    if not stream_source(Path(checkpoint), DTYPES[dtype]):
+        return None
+    return (f"the sliced model is too big to hold twice here (over a quarter of memory in {dtype}, or "
+            f"{STREAM_ENV}=always), and ONNX Runtime on a CPU holds about twice an fp16 graph's weights")
