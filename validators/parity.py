@@ -75,14 +75,25 @@ def greedy_agreement(generated: torch.LongTensor, logits: torch.Tensor, new_toke
     return int((predicted == generated[:, -new_tokens:]).sum().item())
 
 
+def reference_answers(reference: MeasuredRunner, prompts: list[torch.LongTensor], new_tokens: int) -> dict:
+    """What `reference` answers on `prompts` (logits, greedy continuations), kept so that it can be closed before
+    another backend is opened (a big model is never held twice)."""
+    return {"name": reference.name, "logits": [reference.logits(ids) for ids in prompts],
+            "generated": [reference.generate(ids, new_tokens) for ids in prompts]}
+
+
+def compare_answers(answers: dict, other: MeasuredRunner, prompts: list[torch.LongTensor], new_tokens: int) -> dict:
+    """Logit parity, greedy match and greedy agreement of `other` against a reference's `answers` on `prompts`."""
+    logits = logit_parity(answers["logits"], [other.logits(ids) for ids in prompts])
+    matches, agreed = [], 0
+    for ids, generated in zip(prompts, answers["generated"]):
+        matches.append(greedy_match(generated, other.generate(ids, new_tokens), new_tokens))
+        agreed += greedy_agreement(generated, other.logits(generated), new_tokens)
+    return {"reference": answers["name"], **logits.as_dict(), "greedy_match": min(matches),
+            "greedy_tokens": new_tokens, "greedy_agreement": agreed / (new_tokens * len(prompts))}
+
+
 def compare_runners(reference: MeasuredRunner, other: MeasuredRunner, prompts: list[torch.LongTensor],
                     new_tokens: int) -> dict:
     """Logit parity, greedy match and greedy agreement of `other` against `reference` on `prompts`."""
-    logits = logit_parity([reference.logits(ids) for ids in prompts], [other.logits(ids) for ids in prompts])
-    matches, agreed = [], 0
-    for ids in prompts:
-        generated = reference.generate(ids, new_tokens)
-        matches.append(greedy_match(generated, other.generate(ids, new_tokens), new_tokens))
-        agreed += greedy_agreement(generated, other.logits(generated), new_tokens)
-    return {"reference": reference.name, **logits.as_dict(), "greedy_match": min(matches),
-            "greedy_tokens": new_tokens, "greedy_agreement": agreed / (new_tokens * len(prompts))}
+    return compare_answers(reference_answers(reference, prompts, new_tokens), other, prompts, new_tokens)

@@ -19,7 +19,7 @@ from validators.gates import GateResult, failing, format_size
 REPORT_SCHEMA = "llm-sculpt/validate-report"
 REPORT_SCHEMA_VERSION = 3  # 3: greedy agreement, quantized backends; 2: timings side by side (`speed`); 1 took
 # the source's timings from the cache
-MEASURED_KEYS = ("evaluation", "workload", "backends", "sculpted", "source", "parity", "speed")
+MEASURED_KEYS = ("evaluation", "workload", "backends", "sculpted", "source", "parity", "speed", "skipped")
 SPEEDUP_KEYS = ("median", "low", "high", "min", "max", "pairs", "spread_pct")  # what the metrics keep of one
 
 
@@ -254,6 +254,8 @@ def _notes(report: dict) -> list[str]:
         notes.append(f"timings: {', '.join(speed['timed'])} timed side by side in this run, {speed['rounds']} "
                      f"interleaved rounds after {speed['warmup']} warm-up; a speed-up is the median of the "
                      f"per-round ratios [25th-75th percentile]{noisy}")
+    for what, why in (report.get("skipped") or {}).items():
+        notes.append(f"{what}: {why}")
     if report["workload"].get("memory"):
         notes.append("peak memory added: the model's peak resident memory (CUDA peak allocation on a GPU), "
                      "measured in a fresh process")

@@ -89,12 +89,3 @@ def test_a_streamed_source_with_the_calibrated_split_stops_with_the_fix(tmp_path
                     env={"SCULPT_STREAM_WEIGHTS": "always"})
     assert result.exit_code != 0
     assert "split: proportional" in result.output and "SCULPT_STREAM_WEIGHTS=never" in result.output
-
-
-def test_validate_on_a_streamed_source_is_one_line_naming_the_way_out(tmp_path):
-    model = tiny_checkpoint(tmp_path / "model", "llama")
-    version = _run(tmp_path, model, "streamed", "always", "least-squares", True)
-    result = sculpt("validate", str(version), "--backends", "torch", env={"SCULPT_STREAM_WEIGHTS": "always"})
-    assert result.exit_code != 0
-    assert "validate stage runs the whole source model" in result.output
-    assert "SCULPT_STREAM_WEIGHTS=never" in result.output and "Traceback" not in result.output
