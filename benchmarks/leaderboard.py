@@ -74,6 +74,13 @@ def reform_overrides(reform: str) -> dict:
     return {"reform.method": method, **({"reform.bias": True} if plus else {})}
 
 
+def default_reform_samples() -> int | None:
+    """The reform calibration windows of the default pipeline (`sculpt run` with no options), if it sets them."""
+    from pipeline.presets import DEFAULT_PRESET, get_preset
+
+    return get_preset(DEFAULT_PRESET).settings.get("reform.samples")
+
+
 def reform_label(recipe) -> str:
     """The reform a run resolved to, named as --reforms names it."""
     return recipe.reform.method + ("+bias" if recipe.reform.bias and recipe.reform.method != "none" else "")
@@ -100,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "~25 min per model on 2 CPU cores: pass a few on CPU)")
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
+    parser.add_argument("--reform-samples", type=int, default=default_reform_samples(),
+                        help="calibration windows of every method row's reform stage: the default pipeline's, so a "
+                             "baseline gets the same reform as the default (a preset row keeps its preset's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prefill-len", type=int, default=512, help="prompt tokens timed for prefill latency")
     parser.add_argument("--decode-prompt", type=int, default=64, help="prompt before the timed decode steps")
@@ -127,6 +137,7 @@ def settings_of(args) -> dict:
     return {"model": args.model, "evaluation": args.eval_corpus, "seq_len": args.seq_len,
             "eval_windows": args.eval_windows,
             "calibration": args.calib_corpus, "calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
+            "reform_samples": args.reform_samples,
             "seed": args.seed, "prefill_len": args.prefill_len, "decode_prompt": args.decode_prompt,
             "decode_tokens": args.decode_tokens, "repeats": args.repeats, "device": args.device,
             "latency_device": args.latency_device, "latency": not args.no_latency}
@@ -140,6 +151,8 @@ def recipe_for(args, config: dict, ratio: float, root: Path):
                  "data.calib_samples": args.calib_samples, "data.calib_seqlen": args.calib_seqlen,
                  "validate.seq_len": args.seq_len, "validate.max_windows": args.eval_windows or None,
                  "validate.compare_source": False, **PERPLEXITY_ONLY, "search.ratio": ratio,
+                 **({"reform.samples": args.reform_samples} if config["method"] is not None and args.reform_samples
+                    else {}),
                  **config.get("overrides", {})}
     if config["method"] is not None:  # a preset's row takes the method and options from the preset
         overrides.update({"search.method": config["method"], "search.options": config.get("options", {})})
@@ -199,7 +212,8 @@ def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
              "reformable": reformable(artifact.path / "search" / "arch.json")}
     entry["method_wall_s"] = entry["search_wall_s"] + entry["reform_wall_s"]
     entry["resolved"] = {"method": recipe.search.method, "options": recipe.search.options,
-                         "reform": reform_label(recipe), "preset": recipe.preset}
+                         "reform": reform_label(recipe), "preset": recipe.preset,
+                         "reform_samples": recipe.reform.samples or recipe.data.calib_samples}
     if not args.no_latency:
         entry["latency"] = measure_latency(artifact.path / "slice" / "model", timed_dense, args)
     return entry

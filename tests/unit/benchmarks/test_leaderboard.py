@@ -93,3 +93,62 @@ def test_no_dense_leaves_the_dense_row_to_another_run(board):
     assert leaderboard.main(args + ["--methods", "shortgpt", "--ratios", "0.8", "--no-latency", "--no-dense"]) == 0
     results = json.loads((out / "results.json").read_text())["entries"]
     assert "dense" not in results and results["shortgpt@0.8"]["status"] == "done"
+
+
+def test_a_baseline_gets_the_default_pipelines_reform_windows_and_a_preset_its_own(board, monkeypatch):
+    from pipeline.presets import DEFAULT_PRESET, get_preset
+
+    out, args = board
+    args = args + ["--reforms", "admm", "--presets", "fast"]
+    assert leaderboard.parse_args(args).reform_samples == get_preset(DEFAULT_PRESET).settings.get("reform.samples")
+    parsed = leaderboard.parse_args(args + ["--reform-samples", "6"])
+    configs = {c["name"]: c for c in leaderboard.configurations(["uniform"], ["admm"], ["fast"])}
+    baseline = leaderboard.recipe_for(parsed, configs["uniform + admm"], 0.8, out / "a")
+    preset = leaderboard.recipe_for(parsed, configs["preset fast"], 0.8, out / "b")
+    assert (baseline.reform.method, baseline.reform.samples) == ("admm", 6)
+    assert preset.reform.samples == get_preset("fast").settings.get("reform.samples")  # what --preset fast makes
+
+
+def test_a_kept_artifact_is_scored_again_on_more_text_and_joins_the_board(board, tmp_path):
+    from benchmarks import artifact_perplexity
+
+    out, args = board
+    assert leaderboard.main(args + ["--methods", "uniform + admm", "--reforms", "admm", "--reform-samples", "3",
+                                    "--ratios", "0.8", "--no-latency", "--keep-artifacts"]) == 0
+    entry = json.loads((out / "results.json").read_text())["entries"]["uniform + admm@0.8"]
+    artifact = str(next((out / "artifacts").rglob("manifest.json")).parent)
+    corpus = args[args.index("--eval-corpus") + 1]
+    scored = tmp_path / "scored.json"
+    again = ["--corpus", corpus, "--seq-len", "64", "--windows", "2", "--out", str(scored)]
+    assert artifact_perplexity.main([artifact] + again) == 0
+    rows = json.loads(scored.read_text())["rows"]
+    assert rows[artifact]["ppl"] == pytest.approx(entry["ppl"], rel=1e-6)  # the board's own measurement
+    assert rows["dense"]["tokens"] == rows[artifact]["tokens"] == 126 and rows["dense"]["ppl"] > 1  # same windows
+    assert artifact_perplexity.main([artifact] + again[:-1] + [str(scored), "--windows", "3"]) == 2  # other settings
+    alone = tmp_path / "alone.json"
+    assert artifact_perplexity.main([artifact] + again[:-1] + [str(alone), "--no-dense"]) == 0
+    assert list(json.loads(alone.read_text())["rows"]) == [artifact]
+
+    board_file = tmp_path / "board.json"
+    assert artifact_perplexity.main([artifact] + again + ["--export-json", str(board_file)]) == 2  # not WikiText-2
+    from pipeline.artifacts import read_manifest
+
+    row = artifact_perplexity.board_record(read_manifest(artifact), 30.0, 2 * 2047, 2048)
+    assert row == {"ratio": 0.8, "method": "uniform", "reform": "admm", "reform_samples": 3, "default": False,
+                   "decoder_ratio": round(entry["achieved_ratio"], 6), "wikitext2_test_ppl": 30.0, "windows": 2}
+
+
+def test_the_default_pipelines_artifact_is_marked_default():
+    from types import SimpleNamespace
+
+    from benchmarks.artifact_perplexity import board_record
+    from pipeline.recipe import build_recipe
+
+    def manifest(overrides):
+        search = SimpleNamespace(metrics={"decoder_ratio": 0.79})
+        recipe = build_recipe(None, {"search.ratio": 0.8, "validate.max_windows": 8, **overrides}).to_dict()
+        return SimpleNamespace(recipe=recipe, record=lambda name: search)
+
+    assert board_record(manifest({}), 30.0, 148 * 2047, 2048)["default"] is True  # validate settings do not matter
+    assert board_record(manifest({"reform.samples": 7}), 30.0, 2047, 2048)["default"] is False
+    assert board_record(manifest({"preset": "fast"}), 30.0, 2047, 2048)["default"] is False
