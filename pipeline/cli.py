@@ -185,10 +185,11 @@ def cli() -> None:
 def run(recipe, stages, new, quiet, **params) -> None:
     """Run the whole pipeline into a new artifact version.
 
-    With no options this runs the quality preset: evolutionary search + ADMM reform, the
-    paper's pipeline (27 minutes at 0.8 for SmolLM2 on one loaded CPU core; at 0.8
-    --method flap --reform admm scores better today, docs/results.md). --preset fast
-    (uniform widths + ADMM, 6 minutes) is for CI smoke runs.
+    With no options this runs the quality preset: evolutionary search + ADMM reform on 128
+    calibration windows, the paper's pipeline (37 minutes at 0.8 for SmolLM2 on a shared CPU
+    core; at 0.8 --method flap --reform admm scores better today, docs/results.md).
+    --preset fast (uniform widths + ADMM on the 32 search windows, 6 minutes) is for CI
+    smoke runs.
     RECIPE is an optional YAML file; flags override its keys, and both override the preset.
     Running the same recipe again resumes its latest version: stages whose inputs and options
     are unchanged are skipped. A failed gate (validate.gates, --baseline) exits with status 3
