@@ -175,28 +175,13 @@ def measure_all(ctx: StageContext) -> dict:
     ids = evaluation_ids(tokenizer, corpus, section.seq_len)
     prompts = prompt_ids(tokenizer)
     if too_big is None:
-        runners = {name: open_runner(name, files) for name in available}
-        if "tensorrt" in runners and (problem := runners["tensorrt"].workload_problem(**work.engine_needs)):
-            if section.backends != "auto":
-                raise SculptError(problem)
-            del runners["tensorrt"]
-            unavailable["tensorrt"] = f"not available: {problem}"
-            ctx.say(f"  tensorrt: {unavailable['tensorrt']}")
-        sculpted = {name: measure_backend(runner, files, ids, work, ctx.say, ctx.progress, SCULPTED)
-                    for name, runner in runners.items()}
-        parity = {name: compare_runners(runners["torch"], runner, prompts, section.parity_new_tokens)
-                  for name, runner in runners.items() if name != "torch"}
-        params = parameter_count(runners["torch"].model)
+        runners, sculpted, parity, params = _measure_together(available, unavailable, files, ids, prompts, work, ctx)
     else:
         ctx.say(f"  one backend at a time: {too_big}")
         runners = {}
         sculpted, parity, params, closed = _measure_one_at_a_time(available, files, ids, prompts, work, ctx)
         unavailable.update(closed)
         skipped["timings"] = f"not taken: timing side by side holds every model at once, and {too_big}"
-    for name, runner in runners.items():
-        weights = getattr(getattr(runner, "io", None), "quantized", None)  # an int4/int8 graph (exporters/quantize.py)
-        if weights:
-            sculpted[name]["quantized"] = weights
     scored = sculpted["torch"]["perplexity"]
     states = {name: "measured" if name in sculpted else unavailable[name] for name in BACKEND_NAMES
               if name in sculpted or name in unavailable}
@@ -228,6 +213,31 @@ def measure_all(ctx: StageContext) -> dict:
         "speed": speed,
         "skipped": skipped or None,
     }
+
+
+def _measure_together(available: list[str], unavailable: dict[str, str], files: ModelFiles, ids, prompts,
+                      work: Workload, ctx: StageContext) -> tuple[dict, dict, dict, int]:
+    """Every backend opened at once, measured (perplexity, peak memory, size) and compared with torch; the
+    runners stay open for the side-by-side timings. A TensorRT engine whose profiles cannot take the workload
+    joins `unavailable` (or, with an explicit backend list, stops the stage).
+    Returns (runners, measurements by backend, parity by backend, torch's parameter count)."""
+    section = ctx.recipe.validate_
+    runners = {name: open_runner(name, files) for name in available}
+    if "tensorrt" in runners and (problem := runners["tensorrt"].workload_problem(**work.engine_needs)):
+        if section.backends != "auto":
+            raise SculptError(problem)
+        del runners["tensorrt"]
+        unavailable["tensorrt"] = f"not available: {problem}"
+        ctx.say(f"  tensorrt: {unavailable['tensorrt']}")
+    sculpted = {name: measure_backend(runner, files, ids, work, ctx.say, ctx.progress, SCULPTED)
+                for name, runner in runners.items()}
+    for name, runner in runners.items():
+        weights = getattr(getattr(runner, "io", None), "quantized", None)  # an int4/int8 graph (exporters/quantize.py)
+        if weights:
+            sculpted[name]["quantized"] = weights
+    parity = {name: compare_runners(runners["torch"], runner, prompts, section.parity_new_tokens)
+              for name, runner in runners.items() if name != "torch"}
+    return runners, sculpted, parity, parameter_count(runners["torch"].model)
 
 
 def _measure_one_at_a_time(available: list[str], files: ModelFiles, ids, prompts, work: Workload,
