@@ -17,6 +17,16 @@
    --reload-memory of CPU memory and the rest offloaded to disk, so the check itself stays small), checks every
    tensor's shape against the architecture the search chose, and runs one short forward pass.
 
+4. Export and validate (`--stages arch,slice,export,onnx-check,ort,validate`): `arch` records, instead of a
+   search, the uniform method's proportional widths at --ratio for every layer with seeded random unit scores
+   (`record_architecture`: no importance pass, whose 28 layers take ~3 h here), so `sculpt slice` (the source
+   streamed) writes the 28-layer sculpted checkpoint shard by shard in minutes; then `sculpt export` (fp16,
+   external data), `onnx-check` (onnx.checker on the graph path, with its external data), `ort` (an ONNX
+   Runtime session and one prefill: only where memory allows, ~2x the fp16 weights) and `sculpt validate
+   --backends auto`, each in its own process, with SCULPT_STREAM_WEIGHTS as the environment sets it (`auto`:
+   the 28-layer model is too big to hold twice here, so export skips the ONNX Runtime check and validate
+   measures one model at a time and streams the source).
+
 Prints a Markdown table and writes it, with a JSON copy, to --dir/scale_7b.md|json. Time per decoder layer:
 search's importance pass and reform's layer loop as tqdm reports them (seconds per layer over the loop), slice's
 as its wall time over the pieces it writes (embeddings, head, each layer).
@@ -46,6 +56,9 @@ RECIPE = """model: {{dtype: bfloat16}}
 search: {{method: uniform, options: {{split: proportional}}}}
 reform: {{method: {reform}}}
 data: {{calib_samples: {samples}, calib_seqlen: {seqlen}}}
+export: {{precision: fp16, external_data: true, check_tokens: {check_tokens}}}
+validate: {{seq_len: {eval_seqlen}, max_windows: {eval_windows}, backends: [torch], latency: false, memory: false,
+           cache_source: false}}
 """
 GIB = 1024 ** 3
 
@@ -89,6 +102,44 @@ def write_checkpoint(directory: Path, layers: int, seed: int) -> None:
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     config.save_pretrained(directory)
     AutoTokenizer.from_pretrained(default_tokenizer_dir()).save_pretrained(directory)
+
+
+def record_architecture(checkpoint: Path, recipe: Path, out: Path, ratio: float, seed: int) -> Path:
+    """A new artifact whose search stage holds the uniform method's architecture at `ratio` for the whole
+    checkpoint: the proportional split's widths (what `sculpt run` keeps), each layer's units chosen by seeded
+    random scores in place of the importance pass. With it, `sculpt slice`, `export` and `validate` run on a
+    28-layer sculpted model without the ~6 h importance pass and reform (the weights are random either way)."""
+    from transformers import AutoConfig
+
+    from pipeline.compress.importance.obs_importance import LayerImportance
+    from pipeline.compress.width.legal_widths import DEFAULT_MLP_MULTIPLE
+    from pipeline.compress.width.uniform import proportional_shape, uniform_spec
+    from pipeline.models.adapters import adapter_for
+    from pipeline.models.spec import decoder_ratio
+    from pipeline.recipe import load_recipe
+    from pipeline.stages import search
+    from pipeline.stages.context import StageContext
+    from pipeline.workflow import open_or_create
+
+    settings = load_recipe(recipe, {"model.source": str(checkpoint), "search.ratio": ratio, "output": str(out)})
+    config = AutoConfig.from_pretrained(checkpoint)
+    base = adapter_for(config).dims(config)
+    shape, widths = proportional_shape(base, ratio, DEFAULT_MLP_MULTIPLE)
+    generator = torch.Generator().manual_seed(seed)
+    scores = [LayerImportance(*(torch.rand(size, generator=generator, dtype=torch.float64)
+                                for size in (base.num_heads, base.num_kv_heads, base.intermediate_size)))
+              for _ in range(base.num_layers)]
+    spec = uniform_spec(base, scores, shape, widths, notes={
+        "method": "uniform", "split": "proportional", "mlp_multiple": DEFAULT_MLP_MULTIPLE,
+        "scores": "seeded random (benchmarks/scale_7b.py --stages arch), not an importance pass"})
+    artifact, _ = open_or_create(settings, new=True)
+    ctx = StageContext(artifact, settings, progress=False)
+    with artifact.stage(search.NAME, options=search.options(ctx), inputs=search.inputs(ctx)) as st:
+        (st.dir / "arch.json").write_text(spec.to_json() + "\n")
+        st.metrics.update(method="uniform (seeded random scores)", decoder_ratio=decoder_ratio(spec))
+    print(f"  {artifact.path}: {shape.num_heads} of {base.num_heads} query heads, {shape.num_kv_heads} KV groups, "
+          f"MLP {sorted(set(widths))} of {base.intermediate_size}, decoder ratio {decoder_ratio(spec):.4f}", flush=True)
+    return artifact.path
 
 
 def default_tokenizer_dir() -> Path:
@@ -153,6 +204,47 @@ print(json.dumps({"class": type(model).__name__, "layers": len(spec["layers"]),
 """
 
 
+ONNX_CHECK = r"""
+import json, sys, onnx
+path = sys.argv[1]
+onnx.checker.check_model(path)  # a path: the checker reads the graph and checks the external data's files
+graph = onnx.load(path, load_external_data=False)
+external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+dtypes = sorted({onnx.TensorProto.DataType.Name(t.data_type) for t in external})
+print(json.dumps({"checker": "ok", "initializers": len(graph.graph.initializer), "external": len(external),
+                  "external_dtypes": dtypes, "nodes": len(graph.graph.node)}))
+"""
+ORT_RUN = r"""
+import json, sys, time, numpy as np, onnxruntime as ort
+from exporters.onnx_io import GraphIO
+directory = sys.argv[1]
+io = GraphIO.load(directory)
+started = time.perf_counter()
+session = ort.InferenceSession(f"{directory}/model.onnx", providers=["CPUExecutionProvider"])
+loaded = time.perf_counter() - started
+feeds = io.prefill_feeds(np.arange(1, 9, dtype=np.int64)[None])
+logits = session.run(["logits"], feeds)[0]
+print(json.dumps({"session_s": round(loaded, 1), "logits_shape": list(logits.shape),
+                  "logits_finite": bool(np.isfinite(logits).all())}))
+"""
+
+
+def stage_command(stage: str, sculpt: list[str], recipe: Path, checkpoint: Path, out: Path, version: Path,
+                  args) -> list[str]:
+    if stage == "search":
+        return [*sculpt, "run", str(recipe), "--model", str(checkpoint), "--ratio", str(args.ratio), "--calib-corpus",
+                args.calib_corpus, "--stages", "search", "--out", str(out), "--new"]
+    if stage == "onnx-check":
+        return [sys.executable, "-c", ONNX_CHECK, str(version / "export" / "model.onnx")]
+    if stage == "ort":
+        return [sys.executable, "-c", ORT_RUN, str(version / "export")]
+    if stage == "validate":  # every backend it can run: onnxruntime, unless the model is too big to hold twice
+        return [*sculpt, stage, str(version), "--backends", "auto", "--force"]
+    if stage == "export":  # measured again even when its options are unchanged (SCULPT_STREAM_WEIGHTS is not one)
+        return [*sculpt, stage, str(version), "--force"]
+    return [*sculpt, stage, str(version)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/scale7b"), help="checkpoint, artifact and log")
@@ -164,7 +256,11 @@ def main() -> None:
     parser.add_argument("--calib-seqlen", type=int, default=128)
     parser.add_argument("--calib-corpus", default="auto", help="as `sculpt run --calib-corpus`")
     parser.add_argument("--reload-memory", default="4GiB", help="CPU memory the reload check may use")
-    parser.add_argument("--stages", default="write,search,reform,slice,reload")
+    parser.add_argument("--stages", default="write,search,reform,slice,reload",
+                        help="any of write, search | arch, reform, slice, reload, export, onnx-check, ort, validate")
+    parser.add_argument("--eval-seqlen", type=int, default=256, help="validate.seq_len")
+    parser.add_argument("--eval-windows", type=int, default=2, help="validate.max_windows")
+    parser.add_argument("--check-tokens", type=int, default=4, help="export.check_tokens (greedy tokens checked)")
     args = parser.parse_args()
     stages = args.stages.split(",")
     checkpoint, out, log = args.dir / f"qwen2-7b-shape-{args.layers}L", args.dir / "artifacts", args.dir / "log.txt"
@@ -173,34 +269,44 @@ def main() -> None:
     results: dict = json.loads(saved.read_text()) if saved.is_file() else {"stages": {}}
     results.update({"layers": args.layers, "ratio": args.ratio, "reform": args.reform,
                     "calibration": f"{args.calib_samples} x {args.calib_seqlen}",
-                    "threads": torch.get_num_threads()})
+                    "evaluation": f"{args.eval_windows} x {args.eval_seqlen}", "threads": torch.get_num_threads()})
     if "write" in stages:
         started = time.perf_counter()
         write_checkpoint(checkpoint, args.layers, args.seed)
         results["write_s"] = round(time.perf_counter() - started, 1)
     recipe = args.dir / "recipe.yaml"
-    recipe.write_text(RECIPE.format(reform=args.reform, samples=args.calib_samples, seqlen=args.calib_seqlen))
-    env = {**os.environ, "SCULPT_STREAM_WEIGHTS": "always"}
+    recipe.write_text(RECIPE.format(reform=args.reform, samples=args.calib_samples, seqlen=args.calib_seqlen,
+                                    check_tokens=args.check_tokens, eval_seqlen=args.eval_seqlen,
+                                    eval_windows=args.eval_windows))
+    streamed = {**os.environ, "SCULPT_STREAM_WEIGHTS": "always"}  # search, reform, slice: the source from disk
+    env = {stage: streamed if stage in ("search", "reform", "slice", "reload") else dict(os.environ)
+           for stage in ("search", "reform", "slice", "reload", "export", "onnx-check", "ort", "validate")}
     sculpt = [sys.executable, "-m", "pipeline.cli"]
-    version = out / "v0001"
-    commands = {
-        "search": [*sculpt, "run", str(recipe), "--model", str(checkpoint), "--ratio", str(args.ratio),
-                   "--calib-corpus", args.calib_corpus, "--stages", "search", "--out", str(out), "--new"],
-        "reform": [*sculpt, "reform", str(version)],
-        "slice": [*sculpt, "slice", str(version)],
-    }
-    if out.is_dir() and any(out.glob("v*")):
-        version = max(out.glob("v*"))
-        commands["reform"][-1] = commands["slice"][-1] = str(version)
-    for stage in ("search", "reform", "slice"):
-        if stage in stages:
-            print(f"{stage} ...", flush=True)
-            results["stages"][stage] = run_measured(commands[stage], log, env)
-            saved.write_text(json.dumps(results, indent=1) + "\n")  # a later failure keeps this row
-            if stage == "search":
-                version = max(out.glob("v*"))
-                commands["reform"][-1] = commands["slice"][-1] = str(version)
-            print(f"  {results['stages'][stage]}", flush=True)
+    version = max(out.glob("v*")) if out.is_dir() and any(out.glob("v*")) else out / "v0001"
+    if "arch" in stages:
+        print("arch ...", flush=True)
+        version = record_architecture(checkpoint, recipe, out, args.ratio, args.seed)
+    for stage in ("search", "reform", "slice", "export", "onnx-check", "ort", "validate"):
+        if stage not in stages:
+            continue
+        print(f"{stage} ...", flush=True)
+        results["stages"][stage] = run_measured(stage_command(stage, sculpt, recipe, checkpoint, out, version, args),
+                                                log, env[stage])
+        saved.write_text(json.dumps(results, indent=1) + "\n")  # a later failure keeps this row
+        if stage == "search":
+            version = max(out.glob("v*"))
+        if stage in ("onnx-check", "ort"):
+            results[stage] = json.loads(log.read_text().strip().splitlines()[-1])
+        print(f"  {results['stages'][stage]}", flush=True)
+    if "export" in stages:
+        record = json.loads((version / "manifest.json").read_text())
+        metrics = next(s for s in record["stages"] if s["name"] == "export")["metrics"]
+        results["export"] = {key: metrics.get(key) for key in ("precision", "onnx_bytes", "external_data", "export_s",
+                                                               "parity", "trt_lint_ok")}
+    if "validate" in stages:
+        report_file = json.loads((version / "validate" / "report.json").read_text())
+        results["validate"] = {"sculpted_ppl": report_file["sculpted"]["by_backend"]["torch"]["perplexity"],
+                               "source": report_file.get("source"), "notes": report_file.get("notes")}
     text = log.read_text() if log.is_file() else ""
     per_layer = {"search (importance)": tqdm_seconds_per_step(text, "importance")}
     report = version / "reform" / "report.json"
@@ -210,16 +316,20 @@ def main() -> None:
         results["reform_seconds"] = seconds
     if "slice" in results["stages"]:
         per_layer["slice"] = round(results["stages"]["slice"]["wall_s"] / (args.layers + 2), 1)
+    for stage in ("export", "validate"):
+        if stage in results["stages"]:
+            per_layer[stage] = round(results["stages"][stage]["wall_s"] / args.layers, 1)
     results["per_layer_s"] = per_layer
     if "reload" in stages:
         model_dir, arch = version / "slice" / "model", version / "reform" / "arch.json"
         reload = [sys.executable, "-c", RELOAD, str(model_dir), args.reload_memory, str(args.dir / "offload"),
                   str(arch if arch.is_file() else version / "search" / "arch.json")]
-        results["stages"]["reload"] = run_measured(reload, log, env)
+        results["stages"]["reload"] = run_measured(reload, log, env["reload"])
         results["reload"] = json.loads(log.read_text().strip().splitlines()[-1])
     saved.write_text(json.dumps(results, indent=1) + "\n")
     table = ["| stage | wall s | peak RSS GiB | s per layer |", "|---|---:|---:|---:|"]
-    names = {"search": "search (importance)", "reform": "reform", "slice": "slice"}
+    names = {"search": "search (importance)", "reform": "reform", "slice": "slice", "export": "export",
+             "validate": "validate"}
     for stage, row in results["stages"].items():
         rate = per_layer.get(names.get(stage, ""))
         table.append(f"| {stage} | {row['wall_s']} | {row['peak_rss_gib']} | {'' if rate is None else rate} |")
