@@ -125,32 +125,30 @@ def _hub_snapshot(source: dict[str, Any]) -> Path:
 
 
 def _dequantised_copy(gguf: Path, sha256: str) -> Path:
-    """A safetensors copy of a GGUF model, made once per file hash (dequantising takes ~20 s)."""
+    """A safetensors copy of a GGUF model, made once per file hash (dequantising takes ~20 s), tensor by tensor:
+    never the whole model in memory (`gguf_stream`)."""
     # v2: the config carries the metadata transformers' GGUF loader drops (copies made before were without it)
     target = cache_root() / "gguf" / f"{gguf.stem}-{sha256[:16]}-v2"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     from .adapters import adapter_for, gguf_config_fixes
     from .families import SUPPORTED_FAMILIES
+    from .gguf_stream import write_dequantised
+
+    def write(staging: Path) -> None:
+        write_dequantised(gguf, config, staging)
+        config.save_pretrained(staging)
+        GenerationConfig.from_model_config(config).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
     try:
         config = gguf_config_fixes(gguf, AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name))
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, config=config,
-                                                     dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, OSError, KeyError, RuntimeError, NotImplementedError) as err:
         raise SculptError(f"cannot load {gguf} as a GGUF model ({err}); pass a GGUF of a {'/'.join(SUPPORTED_FAMILIES)} "
                           "model (transformers' GGUF loader reads each)") from None
-    adapter_for(model.config)
-    # The weights are dequantised now: save them as a plain float checkpoint.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-
-    def write(staging: Path) -> None:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-
+    adapter_for(config)
+    config.dtype = torch.float32  # the dequantised weights
     return write_directory_once(target, write)

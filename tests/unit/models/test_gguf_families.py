@@ -180,3 +180,31 @@ def test_load_model_sets_what_the_gguf_loader_drops(family, tmp_path, monkeypatc
     ids = torch.randint(4, VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (loaded.model(ids).logits - source(ids).logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("family", sorted(ARCHITECTURES))
+def test_the_streamed_dequantiser_writes_what_transformers_loads_in_shards(family, tmp_path):
+    """Tensor by tensor into shards of a few KiB: every weight equal to transformers' whole-model GGUF loader's."""
+    import json
+
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pipeline.models.gguf_stream import write_dequantised
+
+    source = tiny_model(family, seed=3, **SOURCE_OVERRIDES.get(family, {}))
+    path = tmp_path / f"tiny-{family}.gguf"
+    write_gguf(source, path, ARCHITECTURES[family], name=f"tiny {family}")
+    config = gguf_config_fixes(path, AutoConfig.from_pretrained(tmp_path, gguf_file=path.name))
+    out = tmp_path / "out"
+    out.mkdir()
+    names = write_dequantised(path, config, out, shard_bytes=16 << 10)
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, config=config,
+                                                     dtype=torch.float32).state_dict()
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(index.values())) > 1 and set(index) == set(names)
+    assert set(index) == set(reference) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    for name, file in index.items():
+        with safe_open(out / file, "pt") as shard:
+            assert torch.equal(shard.get_tensor(name), reference[name]), name
+    assert config.architectures == [type(source).__name__] or family in LOADS_AS
