@@ -10,7 +10,6 @@ added to a shard that is written to disk once it reaches `shard_bytes`. The chec
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.errors import SculptError
+
+from .checkpoint_files import shard_name, write_index
 
 SHARD_BYTES = 2 << 30  # 2 GiB per shard: one shard is the most this holds in memory
 
@@ -63,7 +64,7 @@ class _ShardWriter:
     def __init__(self, directory: Path, limit: int):
         self.directory, self.limit = Path(directory), limit
         self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes, self.files, self.where = 0, [], {}
+        self.pending_bytes, self.files = 0, []
         self.total = 0
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
@@ -83,15 +84,12 @@ class _ShardWriter:
     def close(self) -> list[str]:
         if self.pending or not self.files:
             self._flush()
-        count, names = len(self.files), []
-        if count == 1:
-            self.files[0][0].rename(self.directory / "model.safetensors")
-            return self.files[0][1]
+        count, names, where = len(self.files), [], {}
         for number, (path, tensors) in enumerate(self.files, 1):
-            final = f"model-{number:05d}-of-{count:05d}.safetensors"
+            final = shard_name(number, count)
             path.rename(self.directory / final)
-            self.where.update({name: final for name in tensors})
+            where.update(dict.fromkeys(tensors, final))
             names += tensors
-        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(self.where.items()))}
-        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if count > 1:
+            write_index(self.directory, where, self.total)
         return names

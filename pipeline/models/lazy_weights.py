@@ -25,12 +25,11 @@ import torch
 from torch import nn
 
 from ..errors import SculptError
+from .checkpoint_files import INDEX_FILE, SINGLE_FILE
 
 STREAM_ENV = "SCULPT_STREAM_WEIGHTS"
 STREAM_MODES = ("auto", "always", "never")
 AUTO_FRACTION = 0.25  # auto streams a model whose weights exceed this fraction of physical memory
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 _ATTRIBUTE = "_sculpt_lazy_weights"  # where the skeleton keeps its LazyWeights
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from ..errors import SculptError
 from ..paths import cache_root, sha256_file, write_directory_once
+from .checkpoint_files import INDEX_FILE, shard_name, write_index
 from .families import FAMILIES, TEXT_TOWERS, TextTower
 
-INDEX = "model.safetensors.index.json"
-_NOT_COPIED = {"config.json", INDEX}  # rewritten for the tower; weight files are rewritten too
+_NOT_COPIED = {"config.json", INDEX_FILE}  # rewritten for the tower; weight files are rewritten too
 
 
 def text_tower_of(directory: str | Path) -> TextTower | None:
@@ -56,7 +56,7 @@ def text_tower_checkpoint(directory: str | Path, cache: str | Path | None = None
 
 
 def _weight_files(directory: Path) -> list[Path]:
-    index = directory / INDEX
+    index = directory / INDEX_FILE
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         missing = [name for name in names if not (directory / name).is_file()]
@@ -65,7 +65,7 @@ def _weight_files(directory: Path) -> list[Path]:
         return [directory / name for name in names]
     if (directory / "model.safetensors").is_file():
         return [directory / "model.safetensors"]
-    raise SculptError(f"{directory} holds no safetensors weights (model.safetensors or {INDEX}); "
+    raise SculptError(f"{directory} holds no safetensors weights (model.safetensors or {INDEX_FILE}); "
                       "llm-sculpt takes a multimodal model's text tower from safetensors checkpoints only")
 
 
@@ -127,15 +127,13 @@ def _write_tower(directory: Path, tower: TextTower, weights: list[Path], out: Pa
         raise SculptError(f"{directory}: the {tower.model_type} checkpoint lacks {len(missing)} weights of its "
                           f"{tower.family} text tower (e.g. {min(missing)}); is it complete?")
 
-    names = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    names = [shard_name(i, len(shards)) for i in range(1, len(shards) + 1)]
     for name, (_, tensors) in zip(names, shards, strict=True):
         save_file(tensors, out / name, metadata={"format": "pt"})
         found.update(dict.fromkeys(tensors, name))
     if len(shards) > 1:
         size = sum(t.numel() * t.element_size() for _, tensors in shards for t in tensors.values())
-        (out / INDEX).write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": dict(sorted(found.items()))},
-                                            indent=2) + "\n")
+        write_index(out, found, size)
     text.save_pretrained(out)
     weight_names = {path.name for path in weights}
     for path in directory.iterdir():  # tokenizer, generation config, chat template, licence

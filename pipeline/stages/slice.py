@@ -12,7 +12,6 @@ embeddings, head and each decoder layer, with an index, written one layer at a t
 
 from __future__ import annotations
 
-import json
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import SculptError
+from ..models.checkpoint_files import shard_name, write_index
 from ..models.lazy_weights import is_streamed
 from ..models.modeling_sculpted import SculptedForCausalLM
 from ..models.slicing import sculpted_config, slice_model, sliced_pieces, source_dtype
@@ -112,7 +112,7 @@ def write_sliced(source: torch.nn.Module, spec: ArchSpec, target: Path, weights:
                     raise SculptError(f"{origin}: {name} has shape {tuple(value.shape)}, the sliced model "
                                       f"{tuple(tensors[name].shape)}: re-run search and reform together")
                 tensors[name] = value.to(tensors[name].dtype)  # as copy_ into the parameter casts it
-        shard = f"model-{number:05d}-of-{pieces:05d}.safetensors"
+        shard = shard_name(number, pieces)
         save_file({name: t.contiguous() for name, t in tensors.items()}, target / shard, metadata={"format": "pt"})
         for name, tensor in tensors.items():
             weight_map[name] = shard
@@ -123,8 +123,7 @@ def write_sliced(source: torch.nn.Module, spec: ArchSpec, target: Path, weights:
     if written != set(expected):
         raise RuntimeError(f"slicing produced a mismatched checkpoint: missing {sorted(set(expected) - written)}, "
                            f"unexpected {sorted(written - set(expected))}")
-    index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-    (target / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_index(target, weight_map, total_bytes)
     return params
 
 
