@@ -53,7 +53,7 @@ def board_record(manifest, ppl: float, tokens: int, seq_len: int) -> dict:
         (recipe.data.calib_samples, recipe.data.calib_seqlen, recipe.seed) == \
         (default.data.calib_samples, default.data.calib_seqlen, default.seed)
     return record(ratio=recipe.search.ratio, method=recipe.search.method, reform=reform_label(recipe),
-                  reform_samples=recipe.reform.samples or recipe.data.calib_samples, default=is_default,
+                  reform_samples=recipe.reform_windows()[0], default=is_default,
                   decoder_ratio=search.metrics["decoder_ratio"], ppl=ppl, windows=tokens // (seq_len - 1))
 
 
@@ -107,22 +107,15 @@ def main(argv=None) -> int:
         if args.corpus != "wikitext2" or args.seq_len != 2048:
             print("error: the board holds WikiText-2 test perplexities on 2048-token windows", file=sys.stderr)
             return 2
-        from benchmarks.leaderboard_json import merge_rows
+        from benchmarks.leaderboard_json import dense_record, merge_rows
 
         rows = [board_record(manifests[path], results["rows"][path]["ppl"], results["rows"][path]["tokens"],
                              args.seq_len) for path in args.artifacts]
         if "dense" in results["rows"]:
             dense = results["rows"]["dense"]
-            rows.append(board_record_dense(dense["ppl"], dense["tokens"], args.seq_len))
+            rows.append(dense_record(dense["ppl"], windows=dense["tokens"] // (args.seq_len - 1)))
         merge_rows(Path(args.export_json), rows)
     return 0
-
-
-def board_record_dense(ppl: float, tokens: int, seq_len: int) -> dict:
-    from benchmarks.leaderboard_json import record
-
-    return record(ratio=1.0, method="dense", reform="none", reform_samples=None, default=False, decoder_ratio=1.0,
-                  ppl=ppl, windows=tokens // (seq_len - 1))
 
 
 if __name__ == "__main__":

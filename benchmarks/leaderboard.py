@@ -213,7 +213,7 @@ def run_entry(args, config: dict, ratio: float, timed_dense, out: Path) -> dict:
     entry["method_wall_s"] = entry["search_wall_s"] + entry["reform_wall_s"]
     entry["resolved"] = {"method": recipe.search.method, "options": recipe.search.options,
                          "reform": reform_label(recipe), "preset": recipe.preset,
-                         "reform_samples": recipe.reform.samples or recipe.data.calib_samples}
+                         "reform_samples": recipe.reform_windows()[0]}
     if not args.no_latency:
         entry["latency"] = measure_latency(artifact.path / "slice" / "model", timed_dense, args)
     return entry

@@ -26,6 +26,12 @@ def record(*, ratio: float, method: str, reform: str, reform_samples: int | None
             "decoder_ratio": round(decoder_ratio, 6), "wikitext2_test_ppl": round(ppl, 4), "windows": windows}
 
 
+def dense_record(ppl: float, windows: int) -> dict:
+    """The dense source's record (ratio 1, nothing cut or reformed)."""
+    return record(ratio=1.0, method="dense", reform="none", reform_samples=None, default=False, decoder_ratio=1.0,
+                  ppl=ppl, windows=windows)
+
+
 def records(results: dict) -> list[dict]:
     """The board's records from a leaderboard results.json (WikiText-2 test, done entries only)."""
     settings = results["settings"]
@@ -45,8 +51,7 @@ def records(results: dict) -> list[dict]:
                            decoder_ratio=entry["achieved_ratio"], ppl=entry["ppl"], windows=windows(entry)))
     dense = results["entries"].get("dense")
     if dense and dense.get("status") == "done":
-        rows.append(record(ratio=1.0, method="dense", reform="none", reform_samples=None, default=False,
-                           decoder_ratio=1.0, ppl=dense["ppl"], windows=windows(dense)))
+        rows.append(dense_record(dense["ppl"], windows(dense)))
     return rows
 
 

@@ -228,6 +228,10 @@ class Recipe(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    def reform_windows(self) -> tuple[int, int]:
+        """(windows, tokens per window) the reform stage fits on: its own, else the calibration's."""
+        return self.reform.samples or self.data.calib_samples, self.reform.seqlen or self.data.calib_seqlen
+
 
 def build_recipe(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
                  where: str = "recipe") -> Recipe:

@@ -37,11 +37,6 @@ SEARCH_WEIGHTS = "search/weights.safetensors"
 LAYER_WEIGHTS = "weights-{position:05d}.safetensors"  # a streamed source's fixes, one file per sculpted layer
 
 
-def _window_shape(ctx: StageContext) -> tuple[int, int]:
-    reform, data = ctx.recipe.reform, ctx.recipe.data
-    return reform.samples or data.calib_samples, reform.seqlen or data.calib_seqlen
-
-
 def options(ctx: StageContext) -> dict:
     reform = ctx.recipe.reform
     if reform.method == "none":
@@ -50,7 +45,7 @@ def options(ctx: StageContext) -> dict:
     if reform.bias and reform.method in ("admm", "least-squares"):
         settings["bias"] = True  # absent when false, so older artifacts' options stay unchanged
     return {"method": reform.method, **settings, "sequential": reform.sequential, "model": ctx.model_options(),
-            "calibration": ctx.calibration_options(*_window_shape(ctx))}
+            "calibration": ctx.calibration_options(*ctx.recipe.reform_windows())}
 
 
 def inputs(ctx: StageContext) -> list[str]:
@@ -77,7 +72,7 @@ def run(ctx: StageContext) -> None:
             spec = with_output_biases(spec)
         loaded = ctx.source()
         search_weights = load_file(ctx.artifact.path / SEARCH_WEIGHTS) if SEARCH_WEIGHTS in files else {}
-        windows, provenance = ctx.calibration(*_window_shape(ctx))
+        windows, provenance = ctx.calibration(*ctx.recipe.reform_windows())
         settings = ReformSettings(reform.method, reform.rho, reform.iterations, reform.sequential)
         if is_streamed(loaded.model):  # one dense and one sculpted layer in memory; each layer's fix saved at once
             def save_layer(position: int, tensors: dict) -> None:
