@@ -68,7 +68,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
             chosen, choice = runs[track].search.best, None
         else:
             choice = reformed_choice({t: run.search for t, run in runs.items()}, options.final_candidates, ctx.base,
-                                     ctx.progress, executor.reformed_batch)
+                                     ctx.progress, executor.reformed_batch, options.final_tolerance)
             track, chosen = choice.track, choice.candidate
         scored_by = executor.describe()
     finally:
@@ -106,7 +106,8 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
 
 
 # Options that do not change a track's search, so its checkpoint resumes whatever they are.
-AFTER_THE_SEARCH = {"skip_free_track", "final_choice", "final_candidates", "final_windows", "final_seqlen"}
+AFTER_THE_SEARCH = {"skip_free_track", "final_choice", "final_tolerance", "final_candidates", "final_windows",
+                    "final_seqlen"}
 
 
 @dataclass

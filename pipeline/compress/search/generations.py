@@ -89,6 +89,9 @@ class EvolutionOptions(MethodOptions):
     # track's best `final_candidates` and as many best seeds of each kind (uniform, allocated, flap), the lowest perplexity on
     # the last `final_windows` calibration windows after the reform stage's default ADMM (sequential) on the others
     final_choice: Literal["fitness", "reformed"] = "fitness"
+    # "reformed": finalists within this fraction of the best reformed score are tied, and the tie goes to the lowest
+    # fitness (the least reform-dependent structure, which holds up better on other text; final_choice.py)
+    final_tolerance: float = Field(0.02, ge=0)
     final_candidates: int = Field(3, ge=1)
     final_windows: int = Field(8, ge=1)
     # > 0: the finalists are reformed on every calibration window (as the reform stage will) and scored on
