@@ -40,7 +40,7 @@ class FinalChoice:
 
 def reformed_choice(searches: dict[str, EvolutionSearch], per_track: int, base: BaseDims, progress: bool,
                     score: Callable[[list[ArchSpec], Callable[[], None]], list[float]],
-                    tolerance: float = 0.0) -> FinalChoice:
+                    tolerance: float) -> FinalChoice:
     """The finalist with the lowest score (perplexity after reform, on held-out windows) among each track's best
     `per_track` candidates and seeds of each kind (uniform, allocated, flap: a seed is kept when nothing beats it; the seed
     the fitness ranks first need not be the best after reform). Scores within `tolerance` (relative) of the lowest
