@@ -10,8 +10,10 @@
    random, so perplexity means nothing here; memory and time are real.
 2. Runs `sculpt run --stages search`, then `sculpt reform` and `sculpt slice` on that artifact, each in its own
    process, with the recipe below (uniform importance-initialised widths, proportional split, least-squares
-   reform at --ratio, --calib-samples x --calib-seqlen calibration tokens). The source is streamed from disk
-   (SCULPT_STREAM_WEIGHTS=always, which `auto` also picks for the 28-layer model on a machine under 60 GB).
+   reform at --ratio, --calib-samples x --calib-seqlen calibration tokens for the search and the reform alike:
+   with 1,024 tokens every input statistic stays as token rows, calibration/low_rank_moment.py). The source is
+   streamed from disk (SCULPT_STREAM_WEIGHTS=always, which `auto` also picks for the 28-layer model on a
+   machine under 60 GB).
    Each stage's peak resident memory is its process's ru_maxrss (os.wait4), its wall time the process's.
 3. Reloads the sliced checkpoint with `AutoModelForCausalLM.from_pretrained` (accelerate's device_map with
    --reload-memory of CPU memory and the rest offloaded to disk, so the check itself stays small), checks every
@@ -19,7 +21,7 @@
 
 4. Export and validate (`--stages arch,slice,export,onnx-check,ort,validate`): `arch` records, instead of a
    search, the uniform method's proportional widths at --ratio for every layer with seeded random unit scores
-   (`record_architecture`: no importance pass, whose 28 layers take ~3 h here), so `sculpt slice` (the source
+   (`record_architecture`: no importance pass), so `sculpt slice` (the source
    streamed) writes the 28-layer sculpted checkpoint shard by shard in minutes; then `sculpt export` (fp16,
    external data), `onnx-check` (onnx.checker on the graph path, with its external data), `ort` (an ONNX
    Runtime session and one prefill: only where memory allows, ~2x the fp16 weights) and `sculpt validate
@@ -54,7 +56,7 @@ QWEN2_7B = {  # Qwen/Qwen2-7B's config.json, less what only tokenization needs
 }
 RECIPE = """model: {{dtype: bfloat16}}
 search: {{method: uniform, options: {{split: proportional}}}}
-reform: {{method: {reform}}}
+reform: {{method: {reform}, samples: {samples}}}  # the same short calibration (the default preset's is 128)
 data: {{calib_samples: {samples}, calib_seqlen: {seqlen}}}
 export: {{precision: fp16, external_data: true, check_tokens: {check_tokens}}}
 validate: {{seq_len: {eval_seqlen}, max_windows: {eval_windows}, backends: [torch], latency: false, memory: false,

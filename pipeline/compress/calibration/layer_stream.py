@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from pipeline.compress.calibration.low_rank_moment import LowRankMoment
 from pipeline.models.adapters import FamilyAdapter
 from pipeline.models.families import FULL, SLIDING
 from pipeline.models.lazy_weights import lazy_weights, materialised
@@ -113,21 +114,38 @@ class GramAccumulator:
     `full` keeps X^T X (for least squares and correlations); otherwise only its diagonal,
     the per-channel sum of squares, which is all activation-norm and variance scores need.
     The plain sum is always kept, for means and variances.
+
+    While a full accumulator has seen at most half as many tokens as inputs it keeps the tokens themselves
+    (float32 rows, at most a quarter of X^T X's float64 bytes); `second_moment` gives them as a `LowRankMoment`,
+    whose solves need no n x n matrix and, below that half, fewer flops than the n^3 ones. Every other reader,
+    and the window that passes the half, folds them into X^T X one window at a time: the same sums as if they
+    had been added to it directly.
     """
 
     def __init__(self, full: bool = True) -> None:
         self.full = full
         self._sum_of_squares: torch.Tensor | None = None  # upper triangle of X^T X, or its diagonal when not full
         self._diagonal: torch.Tensor | None = None  # diag(X^T X), kept once take_mean() gave the rest away
+        self._rows: list[torch.Tensor] = []  # the windows seen, while at most inputs / 2 tokens (full only)
         self.total: torch.Tensor | None = None  # sum of x
         self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
+        if self.total is None:
+            self.total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        self.total += x.sum(dim=0)
+        self.tokens += x.shape[0]
+        if self.full and self._sum_of_squares is None and self._diagonal is None and self.tokens * 2 <= x.shape[1]:
+            self._rows.append(x.clone())  # a copy: the caller's tensor may be reused
+            return
+        self._fold()
+        self._accumulate(x)
+
+    def _accumulate(self, x: torch.Tensor) -> None:
         if self._sum_of_squares is None:
             shape = (x.shape[1], x.shape[1]) if self.full else (x.shape[1],)
             self._sum_of_squares = torch.zeros(shape, dtype=torch.float64, device=x.device)
-            self.total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
         # A window's partial product is exact enough in float32; the running sum is float64.
         if self.full:  # block rows of the upper triangle only: ~40% fewer flops than x.T @ x for wide inputs
             for start in range(0, x.shape[1], GRAM_BLOCK):
@@ -135,12 +153,32 @@ class GramAccumulator:
                 self._sum_of_squares[start:stop, start:] += x[:, start:stop].T @ x[:, start:]
         else:
             self._sum_of_squares += x.pow(2).sum(dim=0)
-        self.total += x.sum(dim=0)
-        self.tokens += x.shape[0]
+
+    def _fold(self) -> None:
+        """The kept rows into X^T X, window by window (as `add` would have summed them)."""
+        rows, self._rows = self._rows, []
+        for x in rows:
+            self._accumulate(x)
+
+    def second_moment(self) -> torch.Tensor | LowRankMoment:
+        """E[x x^T]: as its token rows (`LowRankMoment`, float64) while the accumulator keeps them (at most half
+        as many tokens as inputs), else as the matrix (`mean`)."""
+        if not self._rows:
+            return self.mean()
+        return LowRankMoment(torch.cat(self._rows).double().div_(max(self.tokens, 1) ** 0.5))
+
+    def take_second_moment(self) -> torch.Tensor | LowRankMoment:
+        """`second_moment`, given up as `take_mean` does (its other statistics stay)."""
+        if not self._rows:
+            return self.take_mean()
+        moment, self._rows = self.second_moment(), []
+        self._diagonal = moment.diagonal() * self.tokens
+        return moment
 
     @property
     def gram(self) -> torch.Tensor:
         """X^T X summed over every token (symmetric), or its diagonal when not full."""
+        self._fold()
         if not self.full:
             return self._sum_of_squares
         return _symmetrised(self._sum_of_squares.clone())
@@ -156,6 +194,7 @@ class GramAccumulator:
         one in x in float64 tensor instead of two, for inputs as wide as a 7B model's MLP (18944^2: 2.9 GB)."""
         if not self.full:
             raise ValueError("this accumulator keeps only the diagonal of X^T X; create it with full=True")
+        self._fold()
         if self._sum_of_squares is None:
             raise ValueError("this accumulator has seen no input, or its second moment was already taken")
         squares, self._sum_of_squares = self._sum_of_squares, None
@@ -164,6 +203,7 @@ class GramAccumulator:
 
     def square_mean(self) -> torch.Tensor:
         """E[x_j^2] per input channel."""
+        self._fold()
         if self.full:
             squares = self._diagonal if self._sum_of_squares is None else self._sum_of_squares.diagonal()
         else:

@@ -15,14 +15,19 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.compress.calibration.layer_stream import GramAccumulator, LayerStream, gram_of_inputs
+from pipeline.compress.calibration.low_rank_moment import LowRankMoment
 from pipeline.models.adapters import ATTENTION_OUTPUT, MLP_OUTPUT, FamilyAdapter
 
 DAMPING = 0.01  # fraction of the mean Hessian diagonal added before inverting (as SparseGPT)
 
 
 # ---- pure math ---------------------------------------------------------------
-def inverse_hessian_diag(second_moment: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
-    """diag((H + lambda I)^-1) for H = 2 E[x x^T], lambda = damping * mean(diag H); float64."""
+def inverse_hessian_diag(second_moment: torch.Tensor | LowRankMoment, damping: float = DAMPING) -> torch.Tensor:
+    """diag((H + lambda I)^-1) for H = 2 E[x x^T], lambda = damping * mean(diag H); float64. A `LowRankMoment`
+    (few calibration tokens, wide inputs) goes through its tokens' small system: the same numbers, no n^3 work."""
+    if isinstance(second_moment, LowRankMoment):
+        hessian = second_moment.scaled(2)
+        return hessian.ridge_inverse_diagonal(damping * float(hessian.diagonal().mean().clamp_min(1e-12)))
     hessian = 2 * second_moment.double()
     hessian = hessian + damping * hessian.diagonal().mean().clamp_min(1e-12) * torch.eye(
         hessian.shape[0], dtype=hessian.dtype, device=hessian.device
@@ -32,11 +37,14 @@ def inverse_hessian_diag(second_moment: torch.Tensor, damping: float = DAMPING) 
 
 def inverse_hessian_diag_in_place(statistics: GramAccumulator, damping: float = DAMPING) -> torch.Tensor:
     """`inverse_hessian_diag` of `statistics.mean()`, the same numbers, made in the accumulator's own storage, which
-    it gives up (`take_mean`): at 7B an MLP down projection's second moment is 18944^2 float64 (2.9 GB), and this
-    holds two such matrices at most (the Hessian and its factor, then the factor and the inverse) where the
-    copying version holds five. It takes the accumulator, not the matrix, so no caller's reference keeps the
-    matrix alive beside the factor."""
-    hessian = statistics.take_mean().mul_(2)
+    it gives up (`take_second_moment`): at 7B an MLP down projection's second moment is 18944^2 float64 (2.9 GB),
+    and this holds two such matrices at most (the Hessian and its factor, then the factor and the inverse) where
+    the copying version holds five; from a few tokens, none (their rows' small system).
+    It takes the accumulator, not the matrix, so no caller's reference keeps the matrix alive beside the factor."""
+    moment = statistics.take_second_moment()
+    if isinstance(moment, LowRankMoment):
+        return inverse_hessian_diag(moment, damping)
+    hessian = moment.mul_(2)
     hessian.diagonal().add_(damping * hessian.diagonal().mean().clamp_min(1e-12))  # + lambda I, no identity made
     factor = torch.linalg.cholesky(hessian)
     del hessian
@@ -111,7 +119,7 @@ def layer_importance(model, adapter: FamilyAdapter, windows: torch.Tensor, batch
         if on_layer is None:  # nothing else reads the statistics: invert them in their own storage
             inv = {name: inverse_hessian_diag_in_place(grams.pop(name)) for name in list(grams)}
         else:
-            inv = {name: inverse_hessian_diag(acc.mean()) for name, acc in grams.items()}
+            inv = {name: inverse_hessian_diag(acc.second_moment()) for name, acc in grams.items()}
         q_heads, kv_groups = attention_scores(
             q.weight, k.weight, v.weight, o.weight, inv["attention_input"], inv[ATTENTION_OUTPUT], dims.head_dim, dims.group_size
         )

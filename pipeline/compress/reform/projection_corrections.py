@@ -10,6 +10,9 @@ and the mean E[x] of the inputs from calibration data. Pure math, float64.
   by ADMM ("Search for Efficient LLMs", Shen et al. 2024, Theorem 3.1); a finite number of
   iterations stops short of the least-squares point, on the way from W.
 - `compensation_bias`: FLAP's bias, the removed inputs' mean contribution.
+
+G may come as a `LowRankMoment` (few calibration tokens, wide inputs): least squares and the errors then work
+through the tokens' small system (calibration/low_rank_moment.py); ADMM forms G.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+
+from pipeline.compress.calibration.low_rank_moment import LowRankMoment
 
 DAMPING = 1e-6  # relative ridge on G_KK: keeps the solve well posed when kept inputs are collinear
 RIDGE_RETRIES = 4  # 10x the ridge each time G_KK + ridge is still not positive definite (up to 1e-2)
@@ -38,9 +43,16 @@ def _ridge_in_place(g: torch.Tensor, damping: float = DAMPING) -> torch.Tensor:
     return g
 
 
-def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor,
+def least_squares_refit(weight: torch.Tensor, second_moment: torch.Tensor | LowRankMoment, kept: torch.Tensor,
                         damping: float = DAMPING) -> torch.Tensor:
-    """argmin over W' of E||W' x_K - W x||^2:  W' = W G[:, K] (G_KK + lambda I)^-1, shape (out, |K|)."""
+    """argmin over W' of E||W' x_K - W x||^2:  W' = W G[:, K] (G_KK + lambda I)^-1, shape (out, |K|).
+
+    A `LowRankMoment` (few calibration tokens, wide inputs) solves the same ridge problem through its tokens'
+    system, which the ridge keeps positive definite: no retries."""
+    if isinstance(second_moment, LowRankMoment):
+        kept = torch.as_tensor(kept, dtype=torch.long)
+        ridge = damping * float(second_moment.diagonal()[kept].mean().clamp_min(1e-12))
+        return second_moment.ridge_fit(weight, kept, ridge)
     g = second_moment.double()
     return kept_least_squares(weight.double() @ g[:, kept], g, kept, damping)
 
@@ -68,8 +80,8 @@ def _kept_factor(second_moment: torch.Tensor, kept: torch.Tensor, damping: float
                      "x its mean diagonal: use more calibration tokens (reform.samples, reform.seqlen)")
 
 
-def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO,
-                iterations: int = ADMM_ITERATIONS) -> torch.Tensor:
+def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor | LowRankMoment, kept: torch.Tensor,
+                rho: float = ADMM_RHO, iterations: int = ADMM_ITERATIONS) -> torch.Tensor:
     """min ||W' X - W X||^2 s.t. the pruned columns of W' are zero, by ADMM; returns W' (out x in).
 
     Scale convention: the problem is solved for the Jacobi-scaled inputs x_j / sqrt(G_jj)
@@ -88,7 +100,7 @@ def admm_reform(weight: torch.Tensor, second_moment: torch.Tensor, kept: torch.T
     """
     if iterations < 1:
         raise ValueError(f"ADMM needs at least one iteration, got {iterations}")
-    g = second_moment.double()
+    g = second_moment.dense() if isinstance(second_moment, LowRankMoment) else second_moment.double()
     diagonal = g.diagonal()
     scale = diagonal.clamp_min(DEAD_INPUT * diagonal.mean().clamp_min(1e-30)).sqrt()
     g = (g / scale[:, None]).div_(scale[None, :])  # one copy of G (the caller's is left as it is)
@@ -121,13 +133,15 @@ def compensation_bias(weight: torch.Tensor, mean_input: torch.Tensor, kept: torc
     return weight.double()[:, removed] @ mean_input.double()[removed]
 
 
-def output_energy(weight: torch.Tensor, second_moment: torch.Tensor) -> torch.Tensor:
+def output_energy(weight: torch.Tensor, second_moment: torch.Tensor | LowRankMoment) -> torch.Tensor:
     """E||W x||^2 from the moments: what `output_error` divides by (compute it once for several errors of W)."""
+    if isinstance(second_moment, LowRankMoment):
+        return second_moment.quadratic(weight)
     w = weight.double()
     return torch.einsum("oi,ij,oj->", w, second_moment.double(), w)
 
 
-def output_error(weight: torch.Tensor, second_moment: torch.Tensor, new_weight: torch.Tensor,
+def output_error(weight: torch.Tensor, second_moment: torch.Tensor | LowRankMoment, new_weight: torch.Tensor,
                  kept: torch.Tensor, bias: torch.Tensor | None = None,
                  mean_input: torch.Tensor | None = None, energy: torch.Tensor | None = None) -> float:
     """E||W' x_K + b - W x||^2 relative to E||W x||^2, from the moments alone (b needs E[x]).
@@ -137,15 +151,14 @@ def output_error(weight: torch.Tensor, second_moment: torch.Tensor, new_weight: 
     full = torch.zeros_like(w)
     full[:, kept] = new_weight.double()
     delta = full - w
-    g = second_moment.double()
-    error = torch.einsum("oi,ij,oj->", delta, g, delta)
+    error = output_energy(delta, second_moment)
     if bias is not None:
         if mean_input is None:
             raise ValueError("the error of a layer with a bias needs the mean input")
         b = bias.double()
         error = error + 2 * b @ (delta @ mean_input.double()) + b @ b
     if energy is None:
-        energy = output_energy(w, g)
+        energy = output_energy(w, second_moment)
     return float(error / energy.clamp_min(1e-30))
 
 
@@ -161,8 +174,8 @@ class ColumnFix:
     bias: torch.Tensor | None = None
 
 
-def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tensor, mean_input: torch.Tensor,
-                   kept: torch.Tensor, rho: float = ADMM_RHO, iterations: int = ADMM_ITERATIONS,
+def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tensor | LowRankMoment,
+                   mean_input: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO, iterations: int = ADMM_ITERATIONS,
                    intercept: bool = False) -> ColumnFix:
     """The kept columns of `weight` corrected by `method` (one of REFORM_METHODS), float64.
 
@@ -180,16 +193,20 @@ def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tenso
     raise ValueError(f"unknown reform method {method!r}; expected one of {REFORM_METHODS}")
 
 
-def _with_intercept(method: str, weight: torch.Tensor, second_moment: torch.Tensor, mean_input: torch.Tensor,
-                    kept: torch.Tensor, rho: float, iterations: int) -> ColumnFix:
+def _with_intercept(method: str, weight: torch.Tensor, second_moment: torch.Tensor | LowRankMoment,
+                    mean_input: torch.Tensor, kept: torch.Tensor, rho: float, iterations: int) -> ColumnFix:
     """`reform_columns` on the inputs [x; 1]: G grows a row and column of E[x] and E[1] = 1, W a zero column
-    (the target has no bias of its own), and the constant's column, always kept, comes back as the bias."""
+    (the target has no bias of its own), and the constant's column, always kept, comes back as the bias. Token
+    rows (`LowRankMoment`) get the constant as one more column."""
     inputs = weight.shape[1]
     mean = mean_input.double().reshape(-1)
-    augmented = torch.zeros(inputs + 1, inputs + 1, dtype=torch.float64)
-    augmented[:inputs, :inputs] = second_moment.double()
-    augmented[:inputs, inputs] = augmented[inputs, :inputs] = mean
-    augmented[inputs, inputs] = 1.0
+    if isinstance(second_moment, LowRankMoment):
+        augmented = second_moment.with_constant_input()
+    else:
+        augmented = torch.zeros(inputs + 1, inputs + 1, dtype=torch.float64)
+        augmented[:inputs, :inputs] = second_moment.double()
+        augmented[:inputs, inputs] = augmented[inputs, :inputs] = mean
+        augmented[inputs, inputs] = 1.0
     padded = torch.cat([weight.double(), torch.zeros(weight.shape[0], 1, dtype=torch.float64)], dim=1)
     kept_augmented = torch.cat([torch.as_tensor(kept, dtype=torch.long), torch.tensor([inputs])])
     fix = reform_columns(method, padded, augmented, torch.cat([mean, mean.new_ones(1)]), kept_augmented, rho,
