@@ -31,7 +31,7 @@ QUALITY = Preset(
     "quality",
     "evolutionary search (greedy reform-aware MLP channels, allocated seeds, reformed final choice) + ADMM "
     "reform on 128 calibration windows: the paper's pipeline, ahead of uniform widths at equal parameters (FLAP + "
-    "ADMM scores 1-2% better at 0.8); 26 minutes at 0.8 for SmolLM2-135M (measured on one CPU core)",
+    "ADMM scores 1-2% better at 0.8); 15.5 minutes at 0.8 for SmolLM2-135M (measured on an idle 2-core CPU)",
     {"search.method": "evolution",
      "search.options": {"generations": 4, "mlp_selection": "greedy", "allocated_seeds": True,
                         "final_choice": "reformed", "final_candidates": 1},
@@ -39,8 +39,8 @@ QUALITY = Preset(
 )
 FAST = Preset(
     "fast",
-    "uniform importance-initialised widths + ADMM reform: no search; 5.4 minutes at 0.8 for SmolLM2-135M (measured "
-    "on one CPU core)",
+    "uniform importance-initialised widths + ADMM reform: no search; 3.5 minutes at 0.8 for SmolLM2-135M (measured "
+    "on an idle 2-core CPU)",
     {"search.method": "uniform", "reform.method": "admm"},
 )
 PRESETS = {preset.name: preset for preset in (QUALITY, FAST)}
