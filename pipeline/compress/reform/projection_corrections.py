@@ -175,8 +175,8 @@ class ColumnFix:
 
 
 def reform_columns(method: str, weight: torch.Tensor, second_moment: torch.Tensor | LowRankMoment,
-                   mean_input: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO, iterations: int = ADMM_ITERATIONS,
-                   intercept: bool = False) -> ColumnFix:
+                   mean_input: torch.Tensor, kept: torch.Tensor, rho: float = ADMM_RHO,
+                   iterations: int = ADMM_ITERATIONS, intercept: bool = False) -> ColumnFix:
     """The kept columns of `weight` corrected by `method` (one of REFORM_METHODS), float64.
 
     `intercept` (admm, least-squares): fit an output bias together with the kept columns, as a column for a

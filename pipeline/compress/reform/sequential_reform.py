@@ -236,8 +236,8 @@ class _Reformer:
         started, kept, settings = time.perf_counter(), step.kept[module], self.settings
         original = self.adapter.output_projection(dense_layer, module)
         weight = original.weight.detach().double().cpu()
-        # the accumulator gives up its storage: one in x in float64 matrix (2.9 GB for a 7B MLP), not two; or,
-        # from at most half as many tokens as inputs, the token rows (LowRankMoment), which every solve here takes as they are
+        # the accumulator gives up its storage: one in x in float64 matrix (2.9 GB for a 7B MLP), not two; or, from
+        # at most half as many tokens as inputs, the token rows (LowRankMoment), which every solve here takes as is
         second, mean = moments.take_second_moment().cpu(), moments.input_mean().cpu()
         target = self.adapter.output_projection(layer, module)
         # a bias the dense projection lacks is a method's compensation (FLAP's): refit it with the weights
