@@ -46,7 +46,7 @@ def board_record(manifest, ppl: float, tokens: int, seq_len: int) -> dict:
     from benchmarks.leaderboard_json import record
     from pipeline.recipe import Recipe, build_recipe
 
-    recipe = Recipe.model_validate(manifest.recipe)
+    recipe = _as_reformed(Recipe.model_validate(manifest.recipe), manifest.record("reform"))
     search = manifest.record("search")
     default = build_recipe(None, {"search.ratio": recipe.search.ratio})
     is_default = all(getattr(recipe, part) == getattr(default, part) for part in ("search", "reform")) and \
@@ -55,6 +55,17 @@ def board_record(manifest, ppl: float, tokens: int, seq_len: int) -> dict:
     return record(ratio=recipe.search.ratio, method=recipe.search.method, reform=reform_label(recipe),
                   reform_samples=recipe.reform_windows()[0], default=is_default,
                   decoder_ratio=search.metrics["decoder_ratio"], ppl=ppl, windows=tokens // (seq_len - 1))
+
+
+def _as_reformed(recipe, reform):
+    """`recipe` with the reform windows its reform stage recorded: a stage re-run with its own flags (`sculpt reform
+    ART --reform-samples 512`) records them in the stage's options, and the manifest's recipe keeps the run's."""
+    recorded = getattr(reform, "options", {}).get("calibration") if getattr(reform, "status", None) == "done" else None
+    if not recorded:
+        return recipe
+    update = {key: recorded[key] for key, resolved in zip(("samples", "seqlen"), recipe.reform_windows())
+              if recorded.get(key, resolved) != resolved}
+    return recipe.model_copy(update={"reform": recipe.reform.model_copy(update=update)}) if update else recipe
 
 
 def main(argv=None) -> int:

@@ -144,11 +144,18 @@ def test_the_default_pipelines_artifact_is_marked_default():
     from benchmarks.artifact_perplexity import board_record
     from pipeline.recipe import build_recipe
 
-    def manifest(overrides):
+    def manifest(overrides, reformed_on=None):
         search = SimpleNamespace(metrics={"decoder_ratio": 0.79})
+        reform = SimpleNamespace(status="done", options={"calibration": reformed_on} if reformed_on else {})
         recipe = build_recipe(None, {"search.ratio": 0.8, "validate.max_windows": 8, **overrides}).to_dict()
-        return SimpleNamespace(recipe=recipe, record=lambda name: search)
+        return SimpleNamespace(recipe=recipe, record=lambda name: {"search": search, "reform": reform}[name])
 
     assert board_record(manifest({}), 30.0, 148 * 2047, 2048)["default"] is True  # validate settings do not matter
     assert board_record(manifest({"reform.samples": 7}), 30.0, 2047, 2048)["default"] is False
     assert board_record(manifest({"preset": "fast"}), 30.0, 2047, 2048)["default"] is False
+    # `sculpt reform ART --reform-samples N` records N in the stage, not in the run's recipe: the stage tells
+    samples = build_recipe().reform_windows()[0]
+    restaged = board_record(manifest({"reform.samples": 7}, {"samples": samples, "seqlen": 512}), 30.0, 2047, 2048)
+    assert (restaged["default"], restaged["reform_samples"]) == (True, samples)
+    other = board_record(manifest({}, {"samples": 7, "seqlen": 512}), 30.0, 2047, 2048)
+    assert (other["default"], other["reform_samples"]) == (False, 7)
