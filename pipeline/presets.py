@@ -2,9 +2,10 @@
 
 `quality` (the default) is the paper's pipeline as we measured it best: the evolutionary search with greedy
 reform-aware channel selection, allocated seeds and the reformed final choice (a tie within 2% after reform goes
-to the finalist with the better score before reform, which holds up on other text), then ADMM reform on 128
-calibration windows (the paper's count). It beats uniform widths + ADMM at equal kept parameters and the best
-baseline at 0.7 and 0.5; at 0.9 and 0.8 FLAP + the same ADMM scores up to 2% better (docs/results.md).
+to the finalist with the better score before reform, which holds up on other text), then ADMM reform on 512
+calibration windows of 512 tokens (the paper's 262k tokens; at 0.8 1.4% better on WikiText-2 and 1% on pydoc
+than its 128 windows). It beats uniform widths + ADMM at equal kept parameters and the best baseline at 0.7 and
+below; at 0.9 and 0.8 FLAP + the same ADMM scores up to 2% better (docs/results.md).
 `fast` is the cheapest path that still reforms, for CI smoke runs and laptops. A preset sits under
 everything the user writes: recipe file and flags override it key by key, and the manifest records the
 preset's name next to the settings it resolved to. The method options of a preset apply only when the run
@@ -30,13 +31,13 @@ class Preset:
 QUALITY = Preset(
     "quality",
     "evolutionary search (greedy reform-aware MLP channels, allocated seeds, reformed final choice) + ADMM "
-    "reform on 128 calibration windows: the paper's pipeline, ahead of uniform widths at equal parameters (FLAP + "
-    "ADMM scores up to 2% better at 0.9 and 0.8); 15.5 minutes at 0.8 for SmolLM2-135M (measured on an idle "
-    "2-core CPU)",
+    "reform on 512 calibration windows: the paper's pipeline, ahead of uniform widths at equal parameters (FLAP + "
+    "ADMM scores up to 2% better at 0.9 and 0.8); about 24 minutes at 0.8 for SmolLM2-135M on an idle 2-core CPU (15.5 "
+    "measured with 128 reform windows, the reform measured 3.4x as long with 512)",
     {"search.method": "evolution",
      "search.options": {"generations": 4, "mlp_selection": "greedy", "allocated_seeds": True,
                         "final_choice": "reformed", "final_candidates": 1},
-     "reform.method": "admm", "reform.samples": 128},
+     "reform.method": "admm", "reform.samples": 512},
 )
 FAST = Preset(
     "fast",

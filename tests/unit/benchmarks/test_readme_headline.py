@@ -23,20 +23,21 @@ def number(cell: str) -> str:
 
 
 def board_key(label: str) -> dict:
-    """What a row's label says about its board record: ratio, and the default or the baseline's method/reform."""
+    """What a row's label says about its board record: ratio, and for anything but "(the default)" the method,
+    reform and reform windows its command spells out (a `sculpt run` without --method is the preset's search)."""
+    ratio = float(re.search(r"(?:--ratio|best baseline at) ([0-9.]+)", label).group(1))
     if "(the default)" in label:
-        return {"ratio": float(re.search(r"--ratio ([0-9.]+)", label).group(1)), "default": True}
-    ratio = float(re.search(r"best baseline at ([0-9.]+)", label).group(1))
-    method = re.search(r"--method ([\w-]+)", label).group(1)
-    reform = re.search(r"--reform ([\w+-]+)", label).group(1)
-    samples = int(re.search(r"--reform-samples (\d+)", label).group(1))
-    return {"ratio": ratio, "default": False, "method": method, "reform": reform, "reform_samples": samples}
+        return {"ratio": ratio, "default": True}
+    method, reform = re.search(r"--method ([\w-]+)", label), re.search(r"--reform ([\w+-]+)", label)
+    return {"ratio": ratio, "default": False, "method": method.group(1) if method else "evolution",
+            "reform": reform.group(1) if reform else "admm",
+            "reform_samples": int(re.search(r"--reform-samples (\d+)", label).group(1))}
 
 
 def test_the_readme_headline_table_matches_the_machine_readable_board():
     board = json.loads((ROOT / "docs/results/leaderboard.json").read_text())
     rows = headline_rows()
-    assert sum("(the default)" in row[0] for row in rows) >= 2 and any("best baseline" in row[0] for row in rows)
+    assert any("(the default)" in row[0] for row in rows) and any("best baseline" in row[0] for row in rows)
     for label, kept, whole, _, screen, *_ in rows:
         key = board_key(label)
         for windows, printed in ((WHOLE, whole), (SCREEN, screen)):
@@ -52,6 +53,8 @@ def test_the_readme_headline_table_matches_the_machine_readable_board():
     ("`sculpt run --ratio 0.8` (the default)", {"ratio": 0.8, "default": True}),
     ("best baseline at 0.5: `... --method goa --reform admm --reform-samples 128`",
      {"ratio": 0.5, "default": False, "method": "goa", "reform": "admm", "reform_samples": 128}),
+    ("`sculpt run --ratio 0.5 --reform-samples 128` (the default until 2026-12-07)",
+     {"ratio": 0.5, "default": False, "method": "evolution", "reform": "admm", "reform_samples": 128}),
 ])
 def test_a_row_label_names_its_board_record(label, key):
     assert board_key(label) == key

@@ -21,7 +21,7 @@ def test_no_options_give_the_quality_pipeline_search_and_admm_reform():
     assert recipe.search.method == QUALITY.settings["search.method"] == "evolution"
     assert recipe.search.options == QUALITY.settings["search.options"]
     assert recipe.reform.method == "admm"
-    assert (recipe.reform.samples, recipe.data.calib_samples) == (128, 32)  # reform fits on the paper's 128 windows
+    assert (recipe.reform.samples, recipe.data.calib_samples) == (512, 32)  # reform: the paper's 262k tokens
     assert build_recipe(overrides={"reform.samples": 16}).reform.samples == 16
     assert build_recipe(overrides={"preset": "fast"}).reform.samples is None  # fast: the search's windows
 
