@@ -186,7 +186,7 @@ def run(recipe, stages, new, quiet, **params) -> None:
     """Run the whole pipeline into a new artifact version.
 
     With no options this runs the quality preset: evolutionary search + ADMM reform on 512
-    calibration windows, the paper's pipeline (about 24 minutes at 0.8 for SmolLM2 on a 2-core
+    calibration windows, the paper's pipeline (23.3 minutes at 0.8 for SmolLM2 on a 2-core
     CPU; at 0.9 and 0.8 --method flap --reform admm scores up to 2% better, docs/results.md).
     --preset fast (uniform widths + ADMM on the 32 search windows, 3.5 minutes) is for CI
     smoke runs.

@@ -32,8 +32,8 @@ QUALITY = Preset(
     "quality",
     "evolutionary search (greedy reform-aware MLP channels, allocated seeds, reformed final choice) + ADMM "
     "reform on 512 calibration windows: the paper's pipeline, ahead of uniform widths at equal parameters (FLAP + "
-    "ADMM scores up to 2% better at 0.9 and 0.8); about 24 minutes at 0.8 for SmolLM2-135M on an idle 2-core CPU (15.5 "
-    "measured with 128 reform windows, the reform measured 3.4x as long with 512)",
+    "ADMM scores up to 2% better at 0.9 and 0.8); 23.3 minutes at 0.8 for SmolLM2-135M (measured on an idle "
+    "2-core CPU)",
     {"search.method": "evolution",
      "search.options": {"generations": 4, "mlp_selection": "greedy", "allocated_seeds": True,
                         "final_choice": "reformed", "final_candidates": 1},
