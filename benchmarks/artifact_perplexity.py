@@ -60,7 +60,7 @@ def board_record(manifest, ppl: float, tokens: int, seq_len: int) -> dict:
 def _as_reformed(recipe, reform):
     """`recipe` with the reform windows its reform stage recorded: a stage re-run with its own flags (`sculpt reform
     ART --reform-samples 512`) records them in the stage's options, and the manifest's recipe keeps the run's."""
-    recorded = getattr(reform, "options", {}).get("calibration") if getattr(reform, "status", None) == "done" else None
+    recorded = reform.options.get("calibration") if reform is not None and reform.status == "done" else None
     if not recorded:
         return recipe
     update = {key: recorded[key] for key, resolved in zip(("samples", "seqlen"), recipe.reform_windows())
