@@ -6,7 +6,9 @@ What makes a candidate cheap to score (measured in docs/search.md):
 - the hidden state after every layer is kept in an LRU cache keyed by the layers up to there,
   so a child sharing its first k layers with a scored candidate starts at layer k;
 - all fitness windows go through a layer as one batch; the loss is float32 cross-entropy.
-The result equals `calibration_perplexity(slice_model(source, spec), windows)` up to float rounding.
+The result equals `calibration_perplexity(slice_model(source, spec), windows)` up to float rounding; with
+input `means`, the output biases a spec carries hold their compensation (compensation.py), as the search ships
+them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pipeline.compress.calibration.tensor_cache import TensorLRU
 from pipeline.models.adapters import adapter_for
 from pipeline.models.slicing import sculpted_config, slice_layer
 from pipeline.models.spec import ArchSpec
+
+from .compensation import InputMeans, compensate_layer
 
 
 def prefix_keys(spec: ArchSpec) -> list[str]:
@@ -64,9 +68,10 @@ class ScorerStats:
 class CandidateScorer:
     """Scores ArchSpecs cut from `model` by perplexity on fixed calibration `windows` [n, L]."""
 
-    def __init__(self, model, windows: torch.Tensor, cache_bytes: int = 512 * 2**20) -> None:
+    def __init__(self, model, windows: torch.Tensor, cache_bytes: int = 512 * 2**20,
+                 means: InputMeans | None = None) -> None:
         self.model, self.adapter = model, adapter_for(model.config)
-        self.windows = windows
+        self.windows, self.means = windows, means
         self.stream = LayerStream(model, self.adapter, windows, batch_size=windows.shape[0])
         self.cache = TensorLRU(cache_bytes)  # hidden states by prefix key
         self.stats = ScorerStats()
@@ -89,6 +94,9 @@ class CandidateScorer:
         for source in range(start, len(keys)):
             if source in position:
                 layer = slice_layer(self.model, spec, position[source], config)
+                if self.means is not None:
+                    compensate_layer(self.adapter, layer, self.adapter.layers(self.model)[source], spec,
+                                     position[source], self.means)
                 hidden = self.stream.run(layer, [hidden])[0]
             self.cache.put(keys[source], hidden)
         self.stats.candidates += 1

@@ -3,7 +3,8 @@
 The checkpoint (`evolution.json`, in the state store) is replaced after every generation; the log
 (`search.jsonl`, in the outputs) is rewritten from the checkpointed history, so a resumed run still
 logs every generation. A second track (the skip-free search) has its own names, with its track
-(`search-skip-free.jsonl`). The importance (`importance.pt`) is kept with the width costs its pass priced and FLAP's scores.
+(`search-skip-free.jsonl`). The importance (`importance.pt`) is kept with the width costs its pass priced, FLAP's scores and
+the input means of the output projections.
 """
 
 from __future__ import annotations
@@ -38,20 +39,22 @@ def load_checkpoint(state: Store, fingerprint: str, track: str = "main") -> dict
 
 
 def save_importance(state: Store, fingerprint: str, importance: list[LayerImportance],
-                    width_costs: WidthCosts | None = None, flap_scores: list | None = None) -> None:
+                    width_costs: WidthCosts | None = None, flap_scores: list | None = None,
+                    means: list | None = None) -> None:
     rows = [(imp.q_heads, imp.kv_groups, imp.mlp_channels) for imp in importance]
     state.save(IMPORTANCE, {"fingerprint": fingerprint, "layers": rows, "width_costs": width_costs,
-                            "flap_scores": flap_scores})
+                            "flap_scores": flap_scores, "means": means})
 
 
 def load_importance(state: Store, fingerprint: str) -> tuple[list[LayerImportance], WidthCosts | None,
-                                                               list | None] | None:
-    """The importance and, when that pass also priced the MLP widths or scored FLAP's units, the width costs and
-    FLAP's scores."""
+                                                               list | None, list | None] | None:
+    """The importance and, when that pass also priced the MLP widths, scored FLAP's units or kept the output
+    projections' input means, the width costs, FLAP's scores and the means."""
     data = state.load(IMPORTANCE)
     if not data or data.get("fingerprint") != fingerprint:
         return None
-    return [LayerImportance(*row) for row in data["layers"]], data.get("width_costs"), data.get("flap_scores")
+    return ([LayerImportance(*row) for row in data["layers"]], data.get("width_costs"), data.get("flap_scores"),
+            data.get("means"))
 
 
 def write_log(outputs: Store, history: list[dict], track: str = "main") -> None:

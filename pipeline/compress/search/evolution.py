@@ -37,6 +37,7 @@ from .checkpoints import (
     track_file,
     write_log,
 )
+from .compensation import InputMeans, compensation_weights
 from .executor import LocalExecutor, ScoringJob, SearchExecutor
 from .final_choice import final_windows, reformed_choice
 from .generations import EvolutionOptions, EvolutionSearch, Track, fingerprint, run_generations, search_space
@@ -54,12 +55,12 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     inputs = _importance(
         ctx, calibration_hash,
         SearchSpace(ctx.base, None, options.mlp_multiple).widths() if options.allocated_seeds else None,
-        options.mlp_selection, options.flap_seed)
+        options.mlp_selection, options.flap_seed, options.compensate)
     space = search_space(ctx.base, inputs.importance, options)
     table = latency_table_for(ctx, options, space.widths()) if options.latency_speedup else None
     budget = make_budget(ctx.base, ratio, options, table)
     tracks = {"main": options, **({"skip-free": options.skip_free()} if options.skip_free_track else {})}
-    job = ScoringJob(ctx.model, windows, options.cache_mb * 2**20, final, ctx.batch_size)
+    job = ScoringJob(ctx.model, windows, options.cache_mb * 2**20, final, ctx.batch_size, inputs.means)
     executor = (ctx.executor or LocalExecutor)(job)
     try:
         runs = run_tracks(ctx, tracks, inputs, budget, executor, ratio, calibration_hash, table)
@@ -68,7 +69,8 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
             chosen, choice = runs[track].search.best, None
         else:
             choice = reformed_choice({t: run.search for t, run in runs.items()}, options.final_candidates, ctx.base,
-                                     ctx.progress, executor.reformed_batch, options.final_tolerance)
+                                     ctx.progress, executor.reformed_batch, options.final_tolerance,
+                                     options.compensate)
             track, chosen = choice.track, choice.candidate
         scored_by = executor.describe()
     finally:
@@ -78,7 +80,8 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     notes = {"method": "evolution", "mlp_multiple": options.mlp_multiple, "search_ppl": round(chosen.ppl, 4),
              **({"track": track} if len(runs) > 1 else {}),
              **({"reformed_ppl": round(choice.reformed_ppl, 4)} if choice else {})}
-    spec = genome_spec(chosen.genome, ctx.base, notes)
+    spec = genome_spec(chosen.genome, ctx.base, notes, out_bias=options.compensate)
+    weights = compensation_weights(ctx.model, ctx.adapter, spec, inputs.means) if options.compensate else {}
     metrics = {"search_ppl": chosen.ppl, "seed_ppl": search.history[0]["seed_ppl"],
                "generations": search.generation,
                "candidates_scored": sum(len(run.search.seen) for run in runs.values()),
@@ -102,7 +105,7 @@ def run_evolution(ctx: MethodContext, ratio: float, options: EvolutionOptions) -
     title = f"evolution at ratio {ratio}" + (f", speed-up >= {options.latency_speedup}" if table else "")
     charts = [Convergence(track_file(CHART, t), title + ("" if t == "main" else f", {t} track"), run.search.history)
               for t, run in runs.items()]
-    return MethodResult(spec=spec, metrics=metrics, convergence=charts)
+    return MethodResult(spec=spec, weights=weights, metrics=metrics, convergence=charts)
 
 
 # Options that do not change a track's search, so its checkpoint resumes whatever they are.
@@ -112,11 +115,13 @@ AFTER_THE_SEARCH = {"skip_free_track", "final_choice", "final_tolerance", "final
 
 @dataclass
 class SeedInputs:
-    """What the seeds are made from: the importance, and the width costs and FLAP scores where asked for."""
+    """What the seeds are made from: the importance, and the width costs and FLAP scores where asked for; and the
+    output projections' input means where candidates are compensated."""
 
     importance: list[LayerImportance]
     width_costs: WidthCosts | None = None
     flap_scores: FlapScores | None = None
+    means: InputMeans | None = None
 
 
 @dataclass
@@ -136,7 +141,8 @@ def run_tracks(ctx: MethodContext, tracks: dict[str, EvolutionOptions], inputs: 
                 for name, options in tracks.items()]
 
     def score(genomes, on_done):
-        return executor.score_batch([genome_spec(genome, ctx.base) for genome in genomes], on_done)
+        specs = [genome_spec(genome, ctx.base, out_bias=budget.out_bias) for genome in genomes]
+        return executor.score_batch(specs, on_done)
 
     run_generations([track for track, _ in prepared], score, ctx.progress,
                     desc="evolution" if len(prepared) == 1 else f"evolution ({len(prepared)} tracks)")
@@ -210,29 +216,34 @@ def latency_table_for(ctx: MethodContext, options: EvolutionOptions, widths) -> 
 
 
 def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ...] | None,
-                selection: str = "importance", flap: bool = False) -> SeedInputs:
+                selection: str = "importance", flap: bool = False, means: bool = False) -> SeedInputs:
     """The importance (from the resume directory if there); given `widths`, every layer's removal cost of each
     MLP width (mlp_width_costs.py), from the same pass and a gradient pass over the calibration windows.
     With the "greedy" `selection`, the MLP channels score by greedy reform-aware removal (greedy_channels.py,
     the same passes) instead, and the width costs follow that ranking. With `flap`, also FLAP's standardised
-    scores of every layer's KV groups and channels (its default fluctuation metric), from the same pass."""
+    scores of every layer's KV groups and channels (its default fluctuation metric), from the same pass; with
+    `means`, the dense input means of every layer's output projections (for bias compensation), from it too."""
     greedy = selection == "greedy"
     if greedy:
         calibration_hash = f"{calibration_hash}-greedy"  # a cached importance is reused for its own selection only
     cached = load_importance(ctx.state, calibration_hash) if ctx.state is not None else None
     if cached is not None:
-        importance, cached_costs, cached_flap = cached
+        importance, cached_costs, cached_flap, cached_means = cached
         priced = widths is None or (cached_costs is not None and set(cached_costs[0]) == set(widths))
-        if priced and (cached_flap is not None or not flap):
-            return SeedInputs(importance, cached_costs if widths is not None else None, cached_flap if flap else None)
+        if priced and (cached_flap is not None or not flap) and (cached_means is not None or not means):
+            return SeedInputs(importance, cached_costs if widths is not None else None, cached_flap if flap else None,
+                              cached_means if means else None)
     fishers = (output_gradient_covariance(ctx.model, ctx.adapter, ctx.calibration, ctx.progress)
                if widths or greedy else None)
     layers = list(ctx.adapter.layers(ctx.model))
     costs: WidthCosts = []
     channels: list[torch.Tensor] = []  # the greedy channel scores
     flap_scores: FlapScores = []
+    input_means: InputMeans = []
 
     def keep_statistics(index: int, grams: dict[str, GramAccumulator], scores: LayerImportance) -> None:
+        if means:
+            input_means.append({role: grams[role].input_mean().cpu() for role in OUTPUT_PROJECTIONS})
         o, down = (ctx.adapter.output_projection(layers[index], role).weight.detach() for role in OUTPUT_PROJECTIONS)
         if flap:  # on the same (dense) statistics FLAP's own pass gathers
             stats = LayerStatistics(*(InputStatistics.from_accumulator(grams[role]) for role in OUTPUT_PROJECTIONS))
@@ -249,13 +260,14 @@ def _importance(ctx: MethodContext, calibration_hash: str, widths: tuple[int, ..
             costs.append(removal_costs(down, gram, fishers[index], order, widths))
 
     importance = layer_importance(ctx.model, ctx.adapter, ctx.calibration, ctx.batch_size, ctx.progress,
-                                  on_layer=keep_statistics if fishers is not None or flap else None)
+                                  on_layer=keep_statistics if fishers is not None or flap or means else None)
     if greedy:
         importance = [replace(scores, mlp_channels=ranked) for scores, ranked in zip(importance, channels)]
     width_costs = costs if widths else None
     if ctx.state is not None:
-        save_importance(ctx.state, calibration_hash, importance, width_costs, flap_scores if flap else None)
-    return SeedInputs(importance, width_costs, flap_scores if flap else None)
+        save_importance(ctx.state, calibration_hash, importance, width_costs, flap_scores if flap else None,
+                        input_means if means else None)
+    return SeedInputs(importance, width_costs, flap_scores if flap else None, input_means if means else None)
 
 
 def _mean(history: list[dict], key: str) -> float | None:

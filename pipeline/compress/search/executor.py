@@ -18,6 +18,7 @@ import torch
 from pipeline.models.spec import ArchSpec
 
 from .candidate_scorer import CandidateScore, CandidateScorer
+from .compensation import InputMeans
 from .final_choice import reformed_perplexity
 
 
@@ -31,6 +32,7 @@ class ScoringJob:
     cache_bytes: int  # the prefix cache of hidden states, per worker
     final: tuple[torch.Tensor, torch.Tensor] | None = None  # (fit, held) windows of the reformed final choice
     batch_size: int = 1  # windows per forward pass in the final choice's reform and perplexity
+    means: InputMeans | None = None  # the dense inputs' means of the output projections, for bias compensation
 
 
 class SearchExecutor(Protocol):
@@ -63,7 +65,7 @@ class LocalExecutor:
 
     def __init__(self, job: ScoringJob) -> None:
         self.job = job
-        self.scorer = CandidateScorer(job.model, job.fitness, job.cache_bytes)
+        self.scorer = CandidateScorer(job.model, job.fitness, job.cache_bytes, job.means)
 
     def score_batch(self, specs: list[ArchSpec], on_done: Callable[[], None] = lambda: None) -> list[CandidateScore]:
         scores = []

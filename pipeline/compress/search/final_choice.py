@@ -40,13 +40,14 @@ class FinalChoice:
 
 def reformed_choice(searches: dict[str, EvolutionSearch], per_track: int, base: BaseDims, progress: bool,
                     score: Callable[[list[ArchSpec], Callable[[], None]], list[float]],
-                    tolerance: float) -> FinalChoice:
+                    tolerance: float, out_bias: bool = False) -> FinalChoice:
     """The finalist with the lowest score (perplexity after reform, on held-out windows) among each track's best
     `per_track` candidates and seeds of each kind (uniform, allocated, flap: a seed is kept when nothing beats it; the seed
     the fitness ranks first need not be the best after reform). Scores within `tolerance` (relative) of the lowest
     are tied; a tie goes to the lowest search fitness, then to the earlier finalist. `score` gets every finalist
     at once (an executor reforms them in parallel; the second argument is called as each is done) and returns
-    their scores in order."""
+    their scores in order. With `out_bias` (bias compensation), every projection that lost inputs has an output
+    bias, which the reform refits with the kept columns."""
     finalists, keys = [], set()
     for track, search in searches.items():
         ranked = [(f"parent {i + 1}", c) for i, c in enumerate(search.parents[:per_track])]
@@ -58,9 +59,10 @@ def reformed_choice(searches: dict[str, EvolutionSearch], per_track: int, base: 
                 keys.add(candidate.key)
                 finalists.append((track, origin, candidate))
     with tqdm(total=len(finalists), desc="final choice", unit="cand", disable=not progress) as bar:
-        scores = score([genome_spec(candidate.genome, base) for _, _, candidate in finalists], bar.update)
+        scores = score([genome_spec(candidate.genome, base, out_bias=out_bias) for _, _, candidate in finalists],
+                       bar.update)
     rows = [{"track": track, "origin": origin, "search_ppl": candidate.ppl, "reformed_ppl": reformed,
-             "ratio": round(genome_ratio(candidate.genome, base), 6), "chosen": False}
+             "ratio": round(genome_ratio(candidate.genome, base, out_bias), 6), "chosen": False}
             for (track, origin, candidate), reformed in zip(finalists, scores, strict=True)]
     lowest = min(row["reformed_ppl"] for row in rows)
     tied = [i for i, row in enumerate(rows) if row["reformed_ppl"] <= lowest * (1 + tolerance)]

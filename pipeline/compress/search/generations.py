@@ -77,6 +77,10 @@ class EvolutionOptions(MethodOptions):
     # also seed the search with the model FLAP's global allocation keeps (its KV groups and MLP channels per layer,
     # seeds.py), scored from the importance pass's own statistics: no extra pass
     flap_seed: bool = False
+    # score every candidate with FLAP's bias compensation on each output projection that lost inputs (the removed
+    # inputs' dense mean contribution; compensation.py), and ship those biases, which the reform refits; the
+    # biases count in the parameter budget. Means from the importance pass: no extra pass
+    compensate: bool = False
     cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
     latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
     latency_tolerance: float = Field(0.05, ge=0)  # legal speed-up: [target, target * (1 + tolerance)]
@@ -240,7 +244,7 @@ class EvolutionSearch:
             tally["scored"] += 1
             tally["to_parents"] += cand.key in winners
         row = {"generation": self.generation, "scored": len(scored), "best_ppl": self.best.ppl,
-               "best_ratio": round(genome_ratio(self.best.genome, self.space.base), 6),
+               "best_ratio": round(genome_ratio(self.best.genome, self.space.base, self.budget.out_bias), 6),
                "parents_ppl": [c.ppl for c in self.parents], "ppl": [c.ppl for _, c in scored], "kinds": kinds,
                "seconds": round(time.perf_counter() - began, 3), **extra}
         if self.budget.speedup is not None:

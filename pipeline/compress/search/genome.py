@@ -106,18 +106,21 @@ def layer_shapes(genome: Genome, base: BaseDims) -> list[tuple[AttentionShape | 
     return [(attention_shape(g, base), len(g.mlp_channels) if g.has_mlp else 0) for g in genome if g.active]
 
 
-def genome_parameters(genome: Genome, base: BaseDims) -> int:
+def genome_parameters(genome: Genome, base: BaseDims, out_bias: bool = False) -> int:
+    """Decoder parameters kept; with `out_bias`, counting the bias of every output projection that lost inputs
+    (where bias compensation goes)."""
     total = 0
     for shape, width in layer_shapes(genome, base):
         if shape is not None:
-            total += attention_parameters(base, shape.num_heads, shape.num_kv_heads)
+            total += attention_parameters(base, shape.num_heads, shape.num_kv_heads,
+                                          out_bias and shape.num_heads < base.num_heads)
         if width:
-            total += mlp_parameters(base, width)
+            total += mlp_parameters(base, width, out_bias and width < base.intermediate_size)
     return total
 
 
-def genome_ratio(genome: Genome, base: BaseDims) -> float:
-    return genome_parameters(genome, base) / dense_decoder_parameters(base)
+def genome_ratio(genome: Genome, base: BaseDims, out_bias: bool = False) -> float:
+    return genome_parameters(genome, base, out_bias) / dense_decoder_parameters(base)
 
 
 # ---- identity and conversion ------------------------------------------------------------
@@ -135,7 +138,8 @@ def genome_key(genome: Genome) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def genome_spec(genome: Genome, base: BaseDims, notes: dict | None = None) -> ArchSpec:
+def genome_spec(genome: Genome, base: BaseDims, notes: dict | None = None, out_bias: bool = False) -> ArchSpec:
+    """The architecture `genome` keeps; with `out_bias`, an output bias on every projection that lost inputs."""
     layers = []
     for source, gene in enumerate(genome):
         if not gene.active:
@@ -143,11 +147,13 @@ def genome_spec(genome: Genome, base: BaseDims, notes: dict | None = None) -> Ar
         fields: dict = {"source": source}
         if gene.has_attention:
             groups = kv_groups(gene.q_heads, base)
-            fields.update(num_heads=len(gene.q_heads), num_kv_heads=len(groups), q_heads=gene.q_heads, kv_heads=groups)
+            fields.update(num_heads=len(gene.q_heads), num_kv_heads=len(groups), q_heads=gene.q_heads, kv_heads=groups,
+                          attention_out_bias=out_bias and len(gene.q_heads) < base.num_heads)
         else:
             fields["attention"] = "skip"
         if gene.has_mlp:
-            fields.update(intermediate_size=len(gene.mlp_channels), mlp_channels=gene.mlp_channels)
+            fields.update(intermediate_size=len(gene.mlp_channels), mlp_channels=gene.mlp_channels,
+                          mlp_out_bias=out_bias and len(gene.mlp_channels) < base.intermediate_size)
         else:
             fields["mlp"] = "skip"
         layers.append(LayerSpec(**fields))
@@ -335,11 +341,12 @@ class Budget:
     speedup: Callable[[Genome], float] | None = None
     min_speedup: float = 0.0
     max_speedup: float = math.inf
+    out_bias: bool = False  # candidates carry bias compensation, whose biases count (genome_parameters)
 
     def verdict(self, genome: Genome) -> Verdict:
         if not any(g.has_attention for g in genome):
             return "stuck"
-        ratio = genome_ratio(genome, self.base)
+        ratio = genome_ratio(genome, self.base, self.out_bias)
         speedup = self.speedup(genome) if self.speedup is not None else None
         big = ratio > self.max_ratio + 1e-12 or (speedup is not None and speedup < self.min_speedup)
         small = ratio < self.min_ratio - 1e-12 or (speedup is not None and speedup > self.max_speedup)

@@ -32,11 +32,11 @@ def make_budget(base: BaseDims, ratio: float, options: EvolutionOptions, table: 
     """The parameter window [ratio - tolerance, ratio]; with a speed-up target the ratio is only a cap
     and the window is on the predicted speed-up instead."""
     if table is None:
-        return Budget(base, max_ratio=ratio, min_ratio=ratio - options.tolerance)
+        return Budget(base, max_ratio=ratio, min_ratio=ratio - options.tolerance, out_bias=options.compensate)
     target = options.latency_speedup
     return Budget(base, max_ratio=ratio, min_ratio=0.0,
                   speedup=lambda genome: table.speedup(layer_shapes(genome, base)),
-                  min_speedup=target, max_speedup=target * (1 + options.latency_tolerance))
+                  min_speedup=target, max_speedup=target * (1 + options.latency_tolerance), out_bias=options.compensate)
 
 
 def seed_genomes(base: BaseDims, importance: list[LayerImportance], space: SearchSpace, budget: Budget) -> list[Genome]:
@@ -75,7 +75,7 @@ def flap_genome(base: BaseDims, scores: FlapScores, budget: Budget, mlp_multiple
     layer keeping its best-scoring groups (with all their query heads) and channels. A sublayer the plan empties
     is skipped; its dormant mask keeps the best group or the narrowest width's best channels."""
     groups, channels = [g for g, _ in scores], [c for _, c in scores]
-    plans = global_plan(base, budget.max_ratio, groups, channels, mlp_multiple)
+    plans = global_plan(base, budget.max_ratio, groups, channels, mlp_multiple, out_bias=budget.out_bias)
     genes = []
     for plan, group_scores, channel_scores in zip(plans, groups, channels, strict=True):
         kept_groups = top_units(group_scores, plan.shape.num_kv_heads if plan.shape else 1)

@@ -28,7 +28,7 @@ from pipeline.compress.width.legal_widths import attention_shapes, top_units
 from pipeline.models.adapters import adapter_for
 from pipeline.stages.method_store import FolderStore
 from pipeline.models.slicing import slice_model
-from pipeline.models.spec import BaseDims, decoder_parameters
+from pipeline.models.spec import BaseDims, decoder_parameters, dense_decoder_parameters
 from tests.factories import tiny_model
 
 # SmolLM2's attention layout (3 KV groups of 3 query heads) with a small MLP, so masks are cheap.
@@ -449,3 +449,33 @@ def test_final_seqlen_reforms_on_every_calibration_window_and_scores_longer_held
 
     with pytest.raises(SculptError, match="only the search stage supplies"):
         run_evolution(_context(tmp_path, "alone"), 0.7, TRACKS.model_copy(update={"final_seqlen": 48}))
+
+
+def test_a_compensated_search_ships_the_biased_model_it_scored_within_the_budget(tmp_path):
+    from pipeline.compress.search.compensation import compensation_weights
+    from pipeline.compress.width.width_baselines import FlapOptions, run_flap
+
+    ctx = _context(tmp_path, "compensated")
+    options = OPTIONS.model_copy(update={"compensate": True, "flap_seed": True})
+    result = run_evolution(ctx, 0.7, options)
+    spec = result.spec
+    pruned = [(layer.attention == "keep" and len(layer.q_heads) < ctx.base.num_heads,
+               layer.mlp == "keep" and len(layer.mlp_channels) < ctx.base.intermediate_size) for layer in spec.layers]
+    assert [(layer.attention_out_bias, layer.mlp_out_bias) for layer in spec.layers] == pruned and any(map(any, pruned))
+    assert decoder_parameters(spec) <= 0.7 * dense_decoder_parameters(ctx.base)  # the biases count
+    # the shipped biases are the removed inputs' mean contribution, and the model they make is the one scored
+    model = slice_model(ctx.model, spec)
+    fitness = ctx.calibration[:options.fitness_windows, :options.fitness_seqlen]
+    bare = calibration_perplexity(model, fitness)  # its biases still zero
+    missing, unexpected = model.load_state_dict(result.weights, strict=False)
+    assert not unexpected and len(result.weights) == sum(map(sum, pruned))
+    assert calibration_perplexity(model, fitness) == pytest.approx(result.metrics["search_ppl"], rel=1e-4)
+    assert bare != pytest.approx(result.metrics["search_ppl"], rel=1e-3)
+    means = evolution_method._importance(ctx, "fresh", None, means=True).means
+    expected = compensation_weights(ctx.model, ctx.adapter, spec, means)
+    assert all(torch.allclose(result.weights[name], bias) for name, bias in expected.items())
+    # the FLAP seed is FLAP with its bias, at the same parameter count
+    state = json.loads((ctx.state.folder / "evolution.json").read_text())
+    [seed] = [genome_from_dict(s["genome"]) for s in state["seeds"] if s["kind"] == "flap"]
+    flap = run_flap(_context(tmp_path, "baseline"), 0.7, FlapOptions(mlp_multiple=OPTIONS.mlp_multiple))
+    assert genome_spec(seed, ctx.base, out_bias=True).to_dict()["layers"] == flap.spec.to_dict()["layers"]
