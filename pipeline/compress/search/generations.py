@@ -79,7 +79,8 @@ class EvolutionOptions(MethodOptions):
     flap_seed: bool = False
     # score every candidate with FLAP's bias compensation on each output projection that lost inputs (the removed
     # inputs' dense mean contribution; compensation.py), and ship those biases, which the reform refits; the
-    # biases count in the parameter budget. Means from the importance pass: no extra pass
+    # biases count in the parameter budget. Means from the importance pass: no extra pass. At 0.8 it shipped no
+    # better a model on the test text (docs/search.md)
     compensate: bool = False
     cache_mb: int = Field(512, ge=0)  # memory for hidden states of shared leading layers
     latency_speedup: float | None = Field(None, gt=1)  # also require this predicted decode speed-up vs dense
