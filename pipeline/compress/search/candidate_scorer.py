@@ -95,8 +95,7 @@ class CandidateScorer:
             if source in position:
                 layer = slice_layer(self.model, spec, position[source], config)
                 if self.means is not None:
-                    compensate_layer(self.adapter, layer, self.adapter.layers(self.model)[source], spec,
-                                     position[source], self.means)
+                    compensate_layer(self.adapter, layer, self.model, spec, position[source], self.means)
                 hidden = self.stream.run(layer, [hidden])[0]
             self.cache.put(keys[source], hidden)
         self.stats.candidates += 1

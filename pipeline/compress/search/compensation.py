@@ -23,38 +23,38 @@ from pipeline.models.spec import ArchSpec
 InputMeans = list[dict[str, torch.Tensor]]  # per source layer, {output projection role: mean of its dense input}
 
 
-def layer_biases(adapter: FamilyAdapter, source_layer: nn.Module, spec: ArchSpec, position: int,
+def layer_biases(adapter: FamilyAdapter, model: nn.Module, spec: ArchSpec, position: int,
                  means: InputMeans) -> dict[str, torch.Tensor]:
-    """{role: compensated output bias (the source's own included)} of layer `position` of `spec`, for each of its
-    projections that carries an output bias and lost inputs."""
+    """{role: compensated output bias (the source's own included)} of layer `position` of `spec` cut from `model`,
+    for each of its projections that carries an output bias and lost inputs."""
     layer = spec.layers[position]
+    source_layer = adapter.layers(model)[layer.source]
     carried = {ATTENTION_OUTPUT: layer.attention_out_bias, MLP_OUTPUT: layer.mlp_out_bias}
     biases = {}
     for role, kept in pruned_inputs(layer, spec).items():
         if not carried[role]:
             continue
         linear = adapter.output_projection(source_layer, role)
-        bias = compensation_bias(linear.weight.detach().cpu(), means[layer.source][role].cpu(), kept)
-        if linear.bias is not None:
-            bias = bias + linear.bias.detach().cpu().double()
-        biases[role] = bias.to(linear.weight)
+        with materialised(model, [source_layer]):  # a streamed source's layer is read for it
+            bias = compensation_bias(linear.weight.detach().cpu(), means[layer.source][role].cpu(), kept)
+            if linear.bias is not None:
+                bias = bias + linear.bias.detach().cpu().double()
+            biases[role] = bias.to(linear.weight)
     return biases
 
 
-def compensate_layer(adapter: FamilyAdapter, sliced: nn.Module, source_layer: nn.Module, spec: ArchSpec,
-                     position: int, means: InputMeans) -> None:
+def compensate_layer(adapter: FamilyAdapter, sliced: nn.Module, model: nn.Module, spec: ArchSpec, position: int,
+                     means: InputMeans) -> None:
     """Set the output biases of `sliced` (layer `position` of `spec`, sliced alone) to their compensation."""
-    for role, bias in layer_biases(adapter, source_layer, spec, position, means).items():
+    for role, bias in layer_biases(adapter, model, spec, position, means).items():
         adapter.output_projection(sliced, role).bias.data.copy_(bias)
 
 
 def compensation_weights(model: nn.Module, adapter: FamilyAdapter, spec: ArchSpec,
                          means: InputMeans) -> dict[str, torch.Tensor]:
     """The compensated output biases of every layer of `spec`, named as in the sliced model."""
-    layers, weights = adapter.layers(model), {}
-    for position, layer in enumerate(spec.layers):
-        source = layers[layer.source]
-        with materialised(model, [source]):
-            for role, bias in layer_biases(adapter, source, spec, position, means).items():
-                weights[f"{adapter.output_projection_name(position, role)}.bias"] = bias.contiguous()
+    weights = {}
+    for position in range(len(spec.layers)):
+        for role, bias in layer_biases(adapter, model, spec, position, means).items():
+            weights[f"{adapter.output_projection_name(position, role)}.bias"] = bias.contiguous()
     return weights
