@@ -31,11 +31,11 @@ def layer_biases(adapter: FamilyAdapter, model: nn.Module, spec: ArchSpec, posit
     source_layer = adapter.layers(model)[layer.source]
     carried = {ATTENTION_OUTPUT: layer.attention_out_bias, MLP_OUTPUT: layer.mlp_out_bias}
     biases = {}
-    for role, kept in pruned_inputs(layer, spec).items():
-        if not carried[role]:
-            continue
-        linear = adapter.output_projection(source_layer, role)
-        with materialised(model, [source_layer]):  # a streamed source's layer is read for it
+    with materialised(model, [source_layer]):  # a streamed source's layer is read for it
+        for role, kept in pruned_inputs(layer, spec).items():
+            if not carried[role]:
+                continue
+            linear = adapter.output_projection(source_layer, role)
             bias = compensation_bias(linear.weight.detach().cpu(), means[layer.source][role].cpu(), kept)
             if linear.bias is not None:
                 bias = bias + linear.bias.detach().cpu().double()

@@ -21,6 +21,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
+from pipeline.compress.reform.sequential_reform import with_output_biases
 from pipeline.compress.width.legal_widths import AttentionShape
 from pipeline.models.spec import (
     ArchSpec,
@@ -147,17 +148,16 @@ def genome_spec(genome: Genome, base: BaseDims, notes: dict | None = None, out_b
         fields: dict = {"source": source}
         if gene.has_attention:
             groups = kv_groups(gene.q_heads, base)
-            fields.update(num_heads=len(gene.q_heads), num_kv_heads=len(groups), q_heads=gene.q_heads, kv_heads=groups,
-                          attention_out_bias=out_bias and len(gene.q_heads) < base.num_heads)
+            fields.update(num_heads=len(gene.q_heads), num_kv_heads=len(groups), q_heads=gene.q_heads, kv_heads=groups)
         else:
             fields["attention"] = "skip"
         if gene.has_mlp:
-            fields.update(intermediate_size=len(gene.mlp_channels), mlp_channels=gene.mlp_channels,
-                          mlp_out_bias=out_bias and len(gene.mlp_channels) < base.intermediate_size)
+            fields.update(intermediate_size=len(gene.mlp_channels), mlp_channels=gene.mlp_channels)
         else:
             fields["mlp"] = "skip"
         layers.append(LayerSpec(**fields))
-    return ArchSpec(base, tuple(layers), notes=dict(notes or {})).validate()
+    spec = ArchSpec(base, tuple(layers), notes=dict(notes or {})).validate()
+    return with_output_biases(spec) if out_bias else spec
 
 
 def genome_from_spec(spec: ArchSpec) -> Genome:
