@@ -117,6 +117,8 @@ def test_repaired_mutants_fall_inside_the_parameter_window():
         if child is not None:
             assert 0.58 - 1e-9 <= genome_ratio(child, BASE) <= 0.6 + 1e-9
             assert decoder_parameters(genome_spec(child, BASE)) == genome_parameters(child, BASE)
+            assert (decoder_parameters(genome_spec(child, BASE, out_bias=True))  # the compensation biases count
+                    == genome_parameters(child, BASE, out_bias=True) > genome_parameters(child, BASE))
             fitted += 1
     assert fitted > 150
 
