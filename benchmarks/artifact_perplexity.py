@@ -59,7 +59,8 @@ def board_record(manifest, ppl: float, tokens: int, seq_len: int) -> dict:
 
 def _as_reformed(recipe, reform):
     """`recipe` with the reform windows its reform stage recorded: a stage re-run with its own flags (`sculpt reform
-    ART --reform-samples 512`) records them in the stage's options, and the manifest's recipe keeps the run's."""
+    ART --reform-samples 512`) records them in the stage's options, and in versions made before 2026-12-08 the
+    manifest's recipe kept the run's."""
     recorded = reform.options.get("calibration") if reform is not None and reform.status == "done" else None
     if not recorded:
         return recipe

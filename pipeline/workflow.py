@@ -138,15 +138,58 @@ def run_pipeline(recipe: Recipe, stages: Iterable[str] | None = None, new: bool 
 
 def run_stage(artifact_path: str | Path, stage: str, overrides: dict | None = None, force: bool = False,
               progress: bool = True) -> Artifact:
-    """Run one stage in an existing artifact, with its recorded recipe plus `overrides`."""
+    """Run one stage in an existing artifact, with its recorded recipe plus `overrides`.
+
+    Overrides that change the recipe are written into it (the manifest and `recipe.yaml`) once the stage has run,
+    so the version keeps saying what made it. One that would change the settings of an earlier stage the version
+    has run is refused before any work: the recipe would then name settings that stage was not run with."""
     load_stage(stage)  # an unknown stage or a missing extra fails before anything else
     artifact = Artifact.open(artifact_path)
-    recipe = build_recipe(artifact.manifest.recipe, overrides, where=f"recipe of {artifact.path}")
+    where = f"recipe of {artifact.path}"
+    recorded = build_recipe(artifact.manifest.recipe, where=where)
+    recipe = build_recipe(artifact.manifest.recipe, overrides, where=where)
+    changed = changed_keys(recorded, recipe, overrides or {})
+    if changed:
+        refuse_changes_to_earlier_stages(artifact, recorded, recipe, stage, changed)
     ctx = StageContext(artifact, recipe, progress)
     run_stages(ctx, select_stages([stage]), force=force)
+    if changed:
+        artifact.set_recipe(recipe.to_dict())
     if stage == "validate":
         enforce_gates(artifact)
     return artifact
+
+
+def changed_keys(before: Recipe, after: Recipe, overrides: dict) -> list[str]:
+    """The dotted keys of `overrides` whose value differs between the two recipes (both resolved)."""
+    old, new = before.to_dict(), after.to_dict()
+    return [key for key in overrides if _lookup(old, key) != _lookup(new, key)]
+
+
+def _lookup(data: dict, dotted: str):
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def refuse_changes_to_earlier_stages(artifact: Artifact, before: Recipe, after: Recipe, stage: str,
+                                     changed: list[str]) -> None:
+    """A SculptError when the `changed` keys alter the options of a stage before `stage` that the version has run
+    (done or skipped); a stage whose extra is not installed here cannot say, and is not checked."""
+    for name in STAGE_NAMES[:STAGE_NAMES.index(stage)]:
+        record = artifact.record(name)
+        if record is None or record.status == "failed":
+            continue
+        try:
+            module = load_stage(name)
+        except StageNotApplicable:
+            continue
+        ran, asked = (module.options(StageContext(artifact, recipe, False)) for recipe in (before, after))
+        if ran != asked:
+            raise SculptError(
+                f"{', '.join(changed)}: a setting of the {name} stage, which {artifact.path} ran before {stage}; "
+                f"re-run `sculpt {name} {artifact.path}` with the same flags first (then the stages after it), "
+                f"or make a new version with `sculpt run`")
 
 
 def gate_failures(artifact: Artifact | str | Path) -> list[str]:

@@ -1,7 +1,8 @@
 """`recipe.yaml` at the root of a version: the recipe the run applied, as a file `sculpt run` takes back.
 
-The manifest's `recipe` field is the truth; this copy is written once, when the version is
-created, and `verify` checks that it still says the same thing.
+The manifest's `recipe` field is the truth; this copy is written when the version is created and again
+when a stage re-run with settings of its own changes that recipe (`Artifact.set_recipe`), and `verify` checks
+that it still says the same thing.
 """
 
 from __future__ import annotations

@@ -71,6 +71,17 @@ class Artifact:
             write_manifest(artifact.path, manifest)
         return artifact
 
+    def set_recipe(self, recipe: Mapping[str, Any]) -> None:
+        """Record `recipe` as the one this version is made with, in the manifest and its `recipe.yaml` copy: a stage
+        re-run with settings of its own (`sculpt reform V --reform-samples 512`) changes what made the version."""
+        recipe_data = to_jsonable(dict(recipe), "recipe")
+        with self._lock.hold("recipe"):
+            manifest = self.manifest
+            if recipe_data == manifest.recipe:
+                return
+            write_recipe_copy(self.path, recipe_data)
+            write_manifest(self.path, manifest.model_copy(update={"recipe": recipe_data, "updated": utc_now()}))
+
     @classmethod
     def open(cls, path: str | os.PathLike) -> Artifact:
         """An existing version; temp dirs a killed process left behind are removed."""

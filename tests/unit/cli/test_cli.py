@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import cli
@@ -109,6 +110,32 @@ def test_verify_fails_on_a_tampered_file(tiny_run):
     arch.write_text(arch.read_text().replace("uniform", "uniforn"))
     result = sculpt("verify", str(arch.parent.parent))
     assert result.exit_code == 1 and "search/arch.json" in result.output
+
+
+def test_a_stage_rerun_with_its_own_settings_is_what_the_version_records(tiny_run):
+    tmp_path, args = tiny_run
+    assert sculpt(*args, "--stages", "search,reform,slice").exit_code == 0
+    version = tmp_path / "artifacts" / "v0001"
+
+    def recorded():
+        manifest = json.loads((version / "manifest.json").read_text())
+        copy = yaml.safe_load((version / "recipe.yaml").read_text())
+        assert copy == manifest["recipe"]
+        return manifest["recipe"], manifest["stages"][1]["options"]["calibration"]["samples"]
+
+    assert recorded()[0]["reform"]["samples"] is None and recorded()[1] == 4  # the calibration's windows
+    result = sculpt("reform", str(version), "--reform-samples", "6")
+    assert result.exit_code == 0, result.output
+    recipe, samples = recorded()
+    assert recipe["reform"]["samples"] == 6 and samples == 6
+    assert sculpt("slice", str(version)).exit_code == 0
+    assert sculpt("verify", str(version)).exit_code == 0
+    assert "up to date" in sculpt("reform", str(version)).output  # its recipe now says what made it
+
+    refused = sculpt("reform", str(version), "--ratio", "0.5")  # a search setting: refused, nothing changes
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "search.ratio" in refused.output and f"sculpt search {version}" in refused.output
+    assert recorded()[0] == recipe
 
 
 @pytest.mark.parametrize("args, words", [
