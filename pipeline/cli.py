@@ -185,9 +185,11 @@ def cli() -> None:
 def run(recipe, stages, new, quiet, **params) -> None:
     """Run the whole pipeline into a new artifact version.
 
-    With no options this runs the quality preset: evolutionary search + ADMM reform on 512
-    calibration windows, the paper's pipeline (23.3 minutes at 0.8 for SmolLM2 on a 2-core
-    CPU; at 0.9 and 0.8 --method flap --reform admm scores up to 2% better, docs/results.md).
+    With no options this runs the quality preset: the search measured best for the ratio, then
+    ADMM reform on 512 calibration windows. Below 0.8 that is the paper's evolutionary search
+    (12-22% ahead of the best baseline at 0.7-0.5; 23.3 minutes at 0.8 for SmolLM2 on a 2-core
+    CPU with --method evolution); at 0.8 and above FLAP's widths, which measured better there
+    (docs/results.md).
     --preset fast (uniform widths + ADMM on the 32 search windows, 3.5 minutes) is for CI
     smoke runs.
     RECIPE is an optional YAML file; flags override its keys, and both override the preset.

@@ -18,6 +18,8 @@ from .measures.speedup import MIN_PAIRS
 from .presets import DEFAULT_PRESET, PRESET_NAMES, apply_preset
 from .targets import BACKEND_NAMES, TRT_TARGETS
 
+DEFAULT_RATIO = 0.8  # search.ratio when a run sets none
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -40,7 +42,7 @@ class DataSection(Section):
 
 class SearchSection(Section):
     method: str = "uniform"  # see `sculpt methods` (the preset sets it)
-    ratio: float = Field(0.8, gt=0, le=1)  # fraction of decoder-layer parameters kept
+    ratio: float = Field(DEFAULT_RATIO, gt=0, le=1)  # fraction of decoder-layer parameters kept
     options: dict[str, Any] = Field(default_factory=dict)  # method-specific, validated by the method
     # where a search scores its candidates (method evolution; docs/scale.md): local = here, one after another;
     # ray = a pool of Ray actors, each holding the model once (the ray extra): $RAY_ADDRESS's cluster (auto: the
@@ -245,7 +247,7 @@ def build_recipe(base: dict[str, Any] | None = None, overrides: dict[str, Any] |
             node = node.setdefault(key, {})
         node[leaf] = value
     try:
-        return Recipe.model_validate(apply_preset(data))
+        return Recipe.model_validate(apply_preset(data, DEFAULT_RATIO))
     except ValidationError as err:
         raise SculptError(f"{where}: {_describe(err)}") from None
 

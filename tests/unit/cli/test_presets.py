@@ -17,13 +17,27 @@ from tests.unit.cli.test_cli import CORPUS
 
 def test_no_options_give_the_quality_pipeline_search_and_admm_reform():
     recipe = build_recipe()
-    assert recipe.preset == "quality"
-    assert recipe.search.method == QUALITY.settings["search.method"] == "evolution"
-    assert recipe.search.options == QUALITY.settings["search.options"]
+    assert recipe.preset == "quality" and recipe.search.ratio == 0.8
     assert recipe.reform.method == "admm"
     assert (recipe.reform.samples, recipe.data.calib_samples) == (512, 32)  # reform: the paper's 262k tokens
     assert build_recipe(overrides={"reform.samples": 16}).reform.samples == 16
     assert build_recipe(overrides={"preset": "fast"}).reform.samples is None  # fast: the search's windows
+
+
+@pytest.mark.parametrize("ratio, method", [(0.9, "flap"), (0.8, "flap"), (0.79, "evolution"), (0.5, "evolution")])
+def test_the_quality_preset_runs_the_search_measured_best_at_the_ratio(ratio, method):
+    recipe = build_recipe(overrides={"search.ratio": ratio})
+    assert recipe.search.method == method and recipe.reform.samples == 512
+    assert recipe.search.options == (QUALITY.settings["search.options"] if method == "evolution" else {})
+    assert build_recipe(recipe.to_dict()) == recipe  # the recorded recipe names its method: no ratio decides again
+
+
+def test_naming_the_search_or_its_options_keeps_the_presets_own_search_at_every_ratio():
+    named = build_recipe(overrides={"search.method": "evolution"})
+    assert (named.search.method, named.search.options) == ("evolution", QUALITY.settings["search.options"])
+    constrained = build_recipe(overrides={"search.options.latency_speedup": 1.5})  # an option of the search's
+    assert constrained.search.method == "evolution" and constrained.search.options["latency_speedup"] == 1.5
+    assert build_recipe(overrides={"search.method": "goa", "search.ratio": 0.9}).search.method == "goa"
 
 
 def test_the_fast_preset_is_uniform_widths_with_admm_reform():
