@@ -12,8 +12,8 @@ so there the search is FLAP's, in a fraction of the time (docs/results.md).
 everything the user writes: recipe file and flags override it key by key, and the manifest records the
 preset's name next to the settings it resolved to. The method options of a preset apply only when the run
 uses the preset's method (`--method goa` with the quality preset gets goa's defaults); method options the
-user gives are merged over the preset's, key by key, and name the preset's own method (`--latency-speedup`
-runs the evolutionary search at every ratio).
+user gives are merged over the preset's, key by key, and name the preset's own method: `--latency-speedup`
+and `--executor ray` run the evolutionary search at every ratio.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Preset:
     summary: str  # what it does and what it costs, for --help and the README
     settings: dict[str, Any] = field(default_factory=dict)  # dotted recipe keys
     # (lowest search.ratio, settings over `settings`): where another search measured best; the first whose bound
-    # the ratio reaches applies, and only when the run names neither a search method nor method options
+    # the ratio reaches applies, and only when the run names no search method, method options or Ray executor
     by_ratio: tuple[tuple[float, dict[str, Any]], ...] = ()
 
     def settings_at(self, ratio: float) -> dict[str, Any]:
@@ -76,7 +76,8 @@ def apply_preset(data: dict[str, Any], default_ratio: float) -> dict[str, Any]:
     `data["preset"]` names the preset (default: quality)."""
     preset = get_preset(data.get("preset") or DEFAULT_PRESET)
     resolved = {**data, "preset": preset.name}
-    names_its_search = _get(data, "search.method") is not None or _get(data, "search.options") is not None
+    names_its_search = (_get(data, "search.method") is not None or _get(data, "search.options") is not None
+                        or _get(data, "search.executor") == "ray")  # Ray scores the evolutionary search's candidates
     settings = preset.settings if names_its_search else preset.settings_at(_ratio(data, default_ratio))
     method = _get(data, "search.method") or settings.get("search.method")
     for dotted, value in settings.items():

@@ -38,6 +38,7 @@ def test_naming_the_search_or_its_options_keeps_the_presets_own_search_at_every_
     constrained = build_recipe(overrides={"search.options.latency_speedup": 1.5})  # an option of the search's
     assert constrained.search.method == "evolution" and constrained.search.options["latency_speedup"] == 1.5
     assert build_recipe(overrides={"search.method": "goa", "search.ratio": 0.9}).search.method == "goa"
+    assert build_recipe(overrides={"search.executor": "ray"}).search.method == "evolution"  # Ray runs its candidates
 
 
 def test_the_fast_preset_is_uniform_widths_with_admm_reform():
