@@ -189,7 +189,7 @@ def run(recipe, stages, new, quiet, **params) -> None:
     ADMM reform on 512 calibration windows. Below 0.8 that is the paper's evolutionary search
     (12-22% ahead of the best baseline at 0.7-0.5; 23.3 minutes at 0.8 for SmolLM2 on a 2-core
     CPU with --method evolution); at 0.8 and above FLAP's widths, which measured better there
-    (docs/results.md).
+    (22.9 minutes at 0.8 on one loaded core, 74 s of it the search; docs/results.md).
     --preset fast (uniform widths + ADMM on the 32 search windows, 3.5 minutes) is for CI
     smoke runs.
     RECIPE is an optional YAML file; flags override its keys, and both override the preset.

@@ -46,7 +46,8 @@ QUALITY = Preset(
     "the best search measured for the ratio + ADMM reform on 512 calibration windows: below 0.8 the paper's "
     "evolutionary search (greedy reform-aware MLP channels, allocated seeds, reformed final choice), 12-22% ahead "
     "of the best baseline at 0.7-0.5 (23.3 minutes at 0.8 for SmolLM2-135M on an idle 2-core CPU with --method "
-    "evolution); at 0.8 and above FLAP's widths, which measured 0.3-2% better there",
+    "evolution); at 0.8 and above FLAP's widths, which measured 0.3-2% better there (22.9 minutes at 0.8 on one "
+    "core shared with other jobs, 74 s of it the search)",
     {"search.method": "evolution",
      "search.options": {"generations": 4, "mlp_selection": "greedy", "allocated_seeds": True,
                         "final_choice": "reformed", "final_candidates": 1},
