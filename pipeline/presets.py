@@ -77,14 +77,14 @@ def apply_preset(data: dict[str, Any], default_ratio: float) -> dict[str, Any]:
     `data["preset"]` names the preset (default: quality)."""
     preset = get_preset(data.get("preset") or DEFAULT_PRESET)
     resolved = {**data, "preset": preset.name}
-    names_its_search = (_get(data, "search.method") is not None or _get(data, "search.options") is not None
-                        or _get(data, "search.executor") == "ray")  # Ray scores the evolutionary search's candidates
+    names_its_search = (get_dotted(data, "search.method") is not None or get_dotted(data, "search.options") is not None
+                        or get_dotted(data, "search.executor") == "ray")  # Ray scores the evolutionary search's candidates
     settings = preset.settings if names_its_search else preset.settings_at(_ratio(data, default_ratio))
-    method = _get(data, "search.method") or settings.get("search.method")
+    method = get_dotted(data, "search.method") or settings.get("search.method")
     for dotted, value in settings.items():
         if dotted == "search.options" and method != settings.get("search.method"):
             continue  # another method's options would be unknown keys to this one
-        given = _get(data, dotted)
+        given = get_dotted(data, dotted)
         if given is None:
             resolved = _set(resolved, dotted, value)
         elif isinstance(given, dict) and isinstance(value, dict):  # e.g. --latency-speedup adds one method option
@@ -94,14 +94,15 @@ def apply_preset(data: dict[str, Any], default_ratio: float) -> dict[str, Any]:
 
 def _ratio(data: dict[str, Any], default_ratio: float) -> float:
     """The run's search.ratio; not a number: the default's settings, and the recipe's validation names the error."""
-    given = _get(data, "search.ratio")
+    given = get_dotted(data, "search.ratio")
     try:
         return default_ratio if given is None else float(given)
     except (TypeError, ValueError):
         return default_ratio
 
 
-def _get(data: dict[str, Any], dotted: str) -> Any:
+def get_dotted(data: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted key ("search.options.generations") of nested dicts; None where it is not set."""
     node: Any = data
     for key in dotted.split("."):
         if not isinstance(node, dict) or key not in node:

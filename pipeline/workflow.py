@@ -26,6 +26,7 @@ from .data import load_corpus, resolve_data_dir
 from .errors import GateFailure, SculptError
 from .models.loading import describe_source
 from .paths import sha256_file
+from .presets import get_dotted
 from .recipe import Recipe, build_recipe
 from .stages import (
     STAGE_NAMES,
@@ -163,13 +164,7 @@ def run_stage(artifact_path: str | Path, stage: str, overrides: dict | None = No
 def changed_keys(before: Recipe, after: Recipe, overrides: dict) -> list[str]:
     """The dotted keys of `overrides` whose value differs between the two recipes (both resolved)."""
     old, new = before.to_dict(), after.to_dict()
-    return [key for key in overrides if _lookup(old, key) != _lookup(new, key)]
-
-
-def _lookup(data: dict, dotted: str):
-    for key in dotted.split("."):
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
+    return [key for key in overrides if get_dotted(old, key) != get_dotted(new, key)]
 
 
 def refuse_changes_to_earlier_stages(artifact: Artifact, before: Recipe, after: Recipe, stage: str,
