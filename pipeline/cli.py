@@ -187,7 +187,7 @@ def run(recipe, stages, new, quiet, **params) -> None:
 
     With no options this runs the quality preset: the search measured best for the ratio, then
     ADMM reform on 512 calibration windows. Below 0.8 that is the paper's evolutionary search
-    (12-22% ahead of the best baseline at 0.7-0.5; 23.3 minutes at 0.8 for SmolLM2 on a 2-core
+    (12-21% ahead of the best baseline at 0.7-0.5; 23.3 minutes at 0.8 for SmolLM2 on a 2-core
     CPU with --method evolution); at 0.8 and above FLAP's widths, which measured better there
     (22.9 minutes at 0.8 on one loaded core, 74 s of it the search; docs/results.md).
     --preset fast (uniform widths + ADMM on the 32 search windows, 3.5 minutes) is for CI

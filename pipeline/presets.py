@@ -4,7 +4,7 @@
 windows of 512 tokens (the paper's 262k tokens; at 0.8 1.4% better on WikiText-2 and 1% on pydoc than 128).
 Below 0.8 the search is the paper's evolutionary search with greedy reform-aware channel selection, allocated
 seeds and the reformed final choice (a tie within 2% after reform goes to the finalist with the better score
-before reform, which holds up on other text): it beats the best baseline with the same reform by 12-22% at 0.7,
+before reform, which holds up on other text): it beats the best baseline with the same reform by 12-21% at 0.7,
 0.6 and 0.5. At 0.8 and above FLAP's widths measured better with the same reform (at 0.8: 31.14 against 31.40 on
 the whole WikiText-2 test split, 20.46 against 20.78 on pydoc; at 0.9 on 128 reform windows 25.33 against 25.41),
 so there the search is FLAP's, in a fraction of the time (docs/results.md).
@@ -44,7 +44,7 @@ class Preset:
 QUALITY = Preset(
     "quality",
     "the best search measured for the ratio + ADMM reform on 512 calibration windows: below 0.8 the paper's "
-    "evolutionary search (greedy reform-aware MLP channels, allocated seeds, reformed final choice), 12-22% ahead "
+    "evolutionary search (greedy reform-aware MLP channels, allocated seeds, reformed final choice), 12-21% ahead "
     "of the best baseline at 0.7-0.5 (23.3 minutes at 0.8 for SmolLM2-135M on an idle 2-core CPU with --method "
     "evolution); at 0.8 and above FLAP's widths, which measured 0.3-2% better there (22.9 minutes at 0.8 on one "
     "core shared with other jobs, 74 s of it the search)",
