@@ -154,7 +154,7 @@ def test_the_default_pipelines_artifact_is_marked_default():
     assert board_record(manifest({"reform.samples": 7}), 30.0, 2047, 2048)["default"] is False
     assert board_record(manifest({"preset": "fast"}), 30.0, 2047, 2048)["default"] is False
     assert board_record(manifest({"search.method": "evolution"}), 30.0, 2047, 2048)["default"] is False  # 0.8: FLAP
-    # `sculpt reform ART --reform-samples N` records N in the stage, not in the run's recipe: the stage tells
+    # versions made before 2026-12-08 recorded `sculpt reform ART --reform-samples N` in the stage alone: it tells
     samples = build_recipe().reform_windows()[0]
     restaged = board_record(manifest({"reform.samples": 7}, {"samples": samples, "seqlen": 512}), 30.0, 2047, 2048)
     assert (restaged["default"], restaged["reform_samples"]) == (True, samples)
